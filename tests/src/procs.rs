@@ -1,0 +1,107 @@
+//! Looking at host processes: identity across pid reuse, and processes living in a rootfs.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A process identified by pid and start time (field 22 of `/proc/<pid>/stat`), so a recycled
+/// pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessId {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// The start time of `pid` in clock ticks since boot, if it exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts with field 3 (state); start time is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl ProcessId {
+    /// Records `pid` as it is now; `None` if no such process exists.
+    pub fn of(pid: i32) -> Option<ProcessId> {
+        if pid <= 0 {
+            return None;
+        }
+        start_time(pid).map(|start_time| ProcessId { pid, start_time })
+    }
+
+    /// Whether the same process still exists and is not a zombie.
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time) && state(self.pid).is_some_and(|s| s != 'Z')
+    }
+
+    /// Sends SIGKILL if the process is still the one recorded.
+    pub fn kill(&self) {
+        if self.is_alive() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The state letter of `pid` (`R`, `S`, `Z`, ...).
+pub fn state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
+}
+
+/// All pids in `/proc`.
+pub fn all_pids() -> Vec<i32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes whose root directory or working directory is `dir` or below it (for instance a
+/// bundle's rootfs), zombies excluded.
+pub fn processes_in(dir: &Path) -> Vec<(i32, PathBuf)> {
+    all_pids()
+        .into_iter()
+        .filter(|pid| state(*pid).is_some_and(|s| s != 'Z'))
+        .filter_map(|pid| {
+            ["root", "cwd"].iter().find_map(|link| {
+                let target = fs::read_link(format!("/proc/{pid}/{link}")).ok()?;
+                target.starts_with(dir).then_some((pid, target))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = ProcessId::of(i32::try_from(std::process::id()).expect("pid fits")).expect("me");
+        assert!(me.is_alive());
+        assert!(ProcessId::of(0).is_none());
+    }
+
+    #[test]
+    fn finds_a_process_by_cwd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .current_dir(dir.path())
+            .spawn()
+            .expect("spawn");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        let found = processes_in(dir.path());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.iter().any(|(p, _)| *p == pid), "{found:?}");
+    }
+}
