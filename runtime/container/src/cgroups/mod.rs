@@ -1,0 +1,524 @@
+//! Control groups: discovering the host's hierarchies (v1, v2 or hybrid), placing a container
+//! in them and applying `linux.resources`.
+//!
+//! A relative `cgroupsPath` is resolved below the calling process's own cgroup in each hierarchy
+//! (as runc's cgroupfs driver does); an absolute one below the hierarchy's root. An empty one is
+//! the container id, relative.
+
+mod v1;
+mod v2;
+
+use crate::error::{Error, Result};
+use oci_spec::runtime::LinuxResources;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// One mounted hierarchy of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub v2: bool,
+    /// v1 controllers (and `name=...`) of this hierarchy; empty for v2.
+    pub controllers: Vec<String>,
+    pub mount_point: PathBuf,
+    /// The `root` field of the mount: which cgroup of the hierarchy sits at `mount_point`.
+    pub mount_root: PathBuf,
+    /// This process's own cgroup in the hierarchy.
+    pub own: PathBuf,
+}
+
+/// The host's cgroup layout.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub hierarchies: Vec<Hierarchy>,
+    /// True when resources are applied through cgroup v2 (no v1 controller is mounted).
+    pub unified: bool,
+}
+
+/// A container's directory in one hierarchy, persisted in its state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CgroupDir {
+    pub v2: bool,
+    pub controllers: Vec<String>,
+    /// Host path of the container's cgroup.
+    pub path: PathBuf,
+    /// The cgroup path as seen from the hierarchy root (what /proc/PID/cgroup shows).
+    pub cgroup: PathBuf,
+    /// Directories this container created, outermost first; removed on delete.
+    pub created: Vec<PathBuf>,
+}
+
+/// The container's cgroups across all hierarchies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cgroups {
+    pub unified: bool,
+    pub dirs: Vec<CgroupDir>,
+}
+
+fn cg_err(path: &Path, msg: impl Into<String>) -> Error {
+    Error::Cgroup {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
+
+impl Layout {
+    /// Reads the hierarchies from /proc/self/mountinfo and own cgroups from /proc/self/cgroup.
+    pub fn discover() -> Result<Layout> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| cg_err(Path::new("/proc/self/mountinfo"), e.to_string()))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| cg_err(Path::new("/proc/self/cgroup"), e.to_string()))?;
+        Ok(Self::parse(&mountinfo, &own))
+    }
+
+    /// Pure parser of the two proc files, testable without a host.
+    pub fn parse(mountinfo: &str, proc_cgroup: &str) -> Layout {
+        let mut hierarchies: Vec<Hierarchy> = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            if pre.len() < 5 || post.len() < 3 {
+                continue;
+            }
+            let fstype = post[0];
+            let mount_root = PathBuf::from(unescape(pre[3]));
+            let mount_point = PathBuf::from(unescape(pre[4]));
+            let (v2, controllers) = match fstype {
+                "cgroup2" => (true, Vec::new()),
+                "cgroup" => {
+                    let ctrls: Vec<String> = post[2]
+                        .split(',')
+                        .filter(|o| V1_CONTROLLERS.contains(o) || o.starts_with("name="))
+                        .map(str::to_string)
+                        .collect();
+                    if ctrls.is_empty() {
+                        continue;
+                    }
+                    (false, ctrls)
+                }
+                _ => continue,
+            };
+            if hierarchies
+                .iter()
+                .any(|h| h.v2 == v2 && h.controllers == controllers)
+            {
+                continue; // the same hierarchy mounted twice: the first mount wins
+            }
+            let own = own_cgroup(proc_cgroup, v2, &controllers).unwrap_or_else(|| "/".into());
+            hierarchies.push(Hierarchy {
+                v2,
+                controllers,
+                mount_point,
+                mount_root,
+                own,
+            });
+        }
+        let unified = !hierarchies
+            .iter()
+            .any(|h| !h.v2 && h.controllers.iter().any(|c| !c.starts_with("name=")));
+        if unified {
+            // With no v1 controller, named v1 hierarchies play no part.
+            hierarchies.retain(|h| h.v2);
+        }
+        Layout {
+            hierarchies,
+            unified,
+        }
+    }
+
+    /// Resolves where a container's cgroups go, without creating anything.
+    pub fn resolve(&self, cgroups_path: Option<&Path>, id: &str) -> Result<Cgroups> {
+        let requested = match cgroups_path {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from(id),
+        };
+        if requested.to_string_lossy().contains(':') {
+            return Err(Error::Unimplemented(format!(
+                "systemd-style cgroupsPath {requested:?} (no systemd cgroup driver)"
+            )));
+        }
+        for c in requested.components() {
+            if matches!(c, Component::ParentDir) {
+                return Err(Error::Config(format!(
+                    "linux.cgroupsPath {requested:?} must not contain '..'"
+                )));
+            }
+        }
+        let rel = requested.strip_prefix("/").unwrap_or(&requested);
+        if rel.as_os_str().is_empty() {
+            return Err(Error::Config(
+                "linux.cgroupsPath must not be the root cgroup".into(),
+            ));
+        }
+        let mut dirs = Vec::new();
+        for h in &self.hierarchies {
+            let cgroup = if requested.is_absolute() {
+                Path::new("/").join(rel)
+            } else {
+                h.own.join(rel)
+            };
+            let inside = cgroup.strip_prefix(&h.mount_root).map_err(|_| {
+                cg_err(
+                    &cgroup,
+                    format!(
+                        "outside the mounted part {:?} of the hierarchy",
+                        h.mount_root
+                    ),
+                )
+            })?;
+            dirs.push(CgroupDir {
+                v2: h.v2,
+                controllers: h.controllers.clone(),
+                path: h.mount_point.join(inside),
+                cgroup,
+                created: Vec::new(),
+            });
+        }
+        Ok(Cgroups {
+            unified: self.unified,
+            dirs,
+        })
+    }
+}
+
+fn own_cgroup(proc_cgroup: &str, v2: bool, controllers: &[String]) -> Option<PathBuf> {
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if v2 {
+            if ctrls.is_empty() {
+                return Some(PathBuf::from(path));
+            }
+        } else {
+            let mut set: Vec<&str> = ctrls.split(',').collect();
+            set.sort_unstable();
+            let mut want: Vec<&str> = controllers.iter().map(String::as_str).collect();
+            want.sort_unstable();
+            if !ctrls.is_empty() && set == want {
+                return Some(PathBuf::from(path));
+            }
+        }
+    }
+    None
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+impl CgroupDir {
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+impl Cgroups {
+    /// Creates the directories (recording which ones are new) and applies the resources.
+    pub fn create(
+        &mut self,
+        resources: Option<&LinuxResources>,
+        devices: &[DeviceRule],
+    ) -> Result<()> {
+        for dir in &mut self.dirs {
+            dir.created = mkdir_tracked(&dir.path)?;
+            if !dir.v2 && dir.has("cpuset") {
+                v1::init_cpuset(dir)?;
+            }
+            if dir.v2 && self.unified {
+                v2::enable_controllers(dir)?;
+            }
+        }
+        let res = resources.cloned().unwrap_or_default();
+        for dir in &self.dirs {
+            if self.unified {
+                v2::apply(dir, &res, devices)?;
+            } else if !dir.v2 {
+                v1::apply(dir, &res, devices)?;
+            }
+        }
+        if !self.unified {
+            v1::refuse_v2_only(&res)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a process into the container's cgroup in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<()> {
+        for dir in &self.dirs {
+            let f = dir.path.join("cgroup.procs");
+            fs::write(&f, pid.to_string()).map_err(|e| cg_err(&f, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Pids in the container's cgroup (from the first hierarchy that lists them).
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        let dir = self
+            .dirs
+            .iter()
+            .find(|d| d.v2 == self.unified && (d.v2 || d.has("pids") || d.has("freezer")))
+            .or_else(|| self.dirs.first())
+            .ok_or_else(|| cg_err(Path::new("/"), "no cgroup hierarchy"))?;
+        let f = dir.path.join("cgroup.procs");
+        match fs::read_to_string(&f) {
+            Ok(s) => Ok(s.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(cg_err(&f, e.to_string())),
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kill_count(&self) -> Result<u64> {
+        for dir in &self.dirs {
+            let (file, key) = if self.unified && dir.v2 {
+                ("memory.events", "oom_kill")
+            } else if !dir.v2 && dir.has("memory") {
+                ("memory.oom_control", "oom_kill")
+            } else {
+                continue;
+            };
+            let f = dir.path.join(file);
+            let text = fs::read_to_string(&f).map_err(|e| cg_err(&f, e.to_string()))?;
+            return Ok(flat_key(&text, key).unwrap_or(0));
+        }
+        Ok(0)
+    }
+
+    /// Whether the freezer holds the container frozen.
+    pub fn frozen(&self) -> bool {
+        for dir in &self.dirs {
+            if self.unified && dir.v2 {
+                return fs::read_to_string(dir.path.join("cgroup.freeze"))
+                    .map(|s| s.trim() == "1")
+                    .unwrap_or(false);
+            }
+            if !dir.v2 && dir.has("freezer") {
+                return fs::read_to_string(dir.path.join("freezer.state"))
+                    .map(|s| s.trim() == "FROZEN")
+                    .unwrap_or(false);
+            }
+        }
+        false
+    }
+
+    /// Removes the directories this container created, deepest first. Waits up to ~2 s for
+    /// exiting tasks to leave; directories still shared with others (EBUSY on a parent that has
+    /// other children) are left alone.
+    pub fn destroy(&self) -> Result<()> {
+        let mut first_err = None;
+        for dir in &self.dirs {
+            for (i, d) in dir.created.iter().rev().enumerate() {
+                let leaf = i == 0;
+                if let Err(e) = rmdir_retry(d, leaf) {
+                    if leaf && first_err.is_none() {
+                        first_err = Some(cg_err(d, e.to_string()));
+                    }
+                    break;
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn rmdir_retry(d: &Path, wait: bool) -> std::io::Result<()> {
+    let attempts = if wait { 100 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        match fs::remove_dir(d) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EBUSY)))
+}
+
+fn mkdir_tracked(path: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    let mut cur = path.to_path_buf();
+    while !cur.exists() {
+        missing.push(cur.clone());
+        if !cur.pop() {
+            break;
+        }
+    }
+    missing.reverse();
+    for (i, d) in missing.iter().enumerate() {
+        if let Err(e) = fs::create_dir(d) {
+            if e.kind() != ErrorKind::AlreadyExists {
+                for done in missing[..i].iter().rev() {
+                    let _ = fs::remove_dir(done);
+                }
+                return Err(cg_err(d, e.to_string()));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// Value of `key` in a flat-keyed cgroup file ("key value" per line).
+pub(crate) fn flat_key(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+pub(crate) fn write_file(dir: &Path, file: &str, value: &str) -> Result<()> {
+    let p = dir.join(file);
+    fs::write(&p, value).map_err(|e| cg_err(&p, format!("writing {value:?}: {e}")))
+}
+
+/// A device cgroup rule in kernel terms ("c 1:3 rwm").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub allow: bool,
+    /// 'a', 'c' or 'b'
+    pub kind: char,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+impl DeviceRule {
+    pub fn to_v1(&self) -> String {
+        if self.kind == 'a' {
+            return "a".into();
+        }
+        let n = |v: Option<i64>| v.map_or("*".to_string(), |v| v.to_string());
+        format!(
+            "{} {}:{} {}",
+            self.kind,
+            n(self.major),
+            n(self.minor),
+            self.access
+        )
+    }
+}
+
+/// The devices every container may use, whatever its rules say (the set runc allows).
+pub fn default_allowed_devices() -> Vec<DeviceRule> {
+    let r = |kind, major: Option<i64>, minor: Option<i64>, access: &str| DeviceRule {
+        allow: true,
+        kind,
+        major,
+        minor,
+        access: access.into(),
+    };
+    vec![
+        r('c', None, None, "m"),
+        r('b', None, None, "m"),
+        r('c', Some(1), Some(3), "rwm"),
+        r('c', Some(1), Some(8), "rwm"),
+        r('c', Some(1), Some(7), "rwm"),
+        r('c', Some(5), Some(0), "rwm"),
+        r('c', Some(1), Some(5), "rwm"),
+        r('c', Some(1), Some(9), "rwm"),
+        r('c', Some(5), Some(1), "rwm"),
+        r('c', Some(136), None, "rwm"),
+        r('c', Some(5), Some(2), "rwm"),
+        r('c', Some(10), Some(200), "rwm"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MI: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+    const PC: &str = "9:name=systemd:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn hybrid_layout_resolves_relative_below_own() {
+        let l = Layout::parse(MI, PC);
+        assert!(!l.unified);
+        assert_eq!(l.hierarchies.len(), 4);
+        let cg = l.resolve(Some(Path::new("kt/x")), "id").expect("resolve");
+        let mem = cg
+            .dirs
+            .iter()
+            .find(|d| d.controllers == ["memory"])
+            .expect("memory");
+        assert_eq!(
+            mem.path,
+            Path::new("/sys/fs/cgroup/memory/process_api/abc/kt/x")
+        );
+        let cpu = cg
+            .dirs
+            .iter()
+            .find(|d| d.controllers == ["cpu"])
+            .expect("cpu");
+        assert_eq!(cpu.path, Path::new("/sys/fs/cgroup/cpu/kt/x"));
+        let abs = l.resolve(Some(Path::new("/a/b")), "id").expect("resolve");
+        assert!(abs.dirs.iter().all(|d| d.cgroup == Path::new("/a/b")));
+    }
+
+    #[test]
+    fn unified_layout_and_bad_paths() {
+        let l = Layout::parse(
+            "41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw",
+            "0::/user.slice\n",
+        );
+        assert!(l.unified);
+        let cg = l.resolve(None, "abc").expect("resolve");
+        assert_eq!(cg.dirs[0].path, Path::new("/sys/fs/cgroup/user.slice/abc"));
+        assert!(l.resolve(Some(Path::new("../x")), "a").is_err());
+        assert!(l.resolve(Some(Path::new("/")), "a").is_err());
+        assert!(l.resolve(Some(Path::new("sys.slice:a:b")), "a").is_err());
+    }
+
+    #[test]
+    fn flat_keys() {
+        assert_eq!(
+            flat_key("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "oom_kill"),
+            Some(3)
+        );
+    }
+}

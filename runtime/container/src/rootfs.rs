@@ -1,0 +1,545 @@
+//! The container's filesystem view: mounts, devices, pivot_root, masked and read-only paths.
+//! Runs in the container's init process, inside its new mount namespace.
+
+use crate::cgroups::Cgroups;
+use crate::config::Config;
+use crate::error::{Context, Error, Result};
+use crate::fsutil::{is_within, secure_join};
+use crate::mount_opts::{self, MountOptions};
+use nix::fcntl::{OFlag, open};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
+use nix::unistd::{Gid, Uid, chdir, chown, fchdir, pivot_root};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+type NoStr = Option<&'static str>;
+const NONE: NoStr = None;
+
+/// Prepares the rootfs and switches to it. On return the process's `/` is the container's.
+pub fn setup(cfg: &Config, cgroups: &Cgroups, no_pivot: bool) -> Result<()> {
+    let linux = cfg.spec.linux().as_ref();
+    let rootfs = &cfg.rootfs;
+    let prop = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .filter(|p| !p.is_empty())
+        .and_then(mount_opts::propagation)
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    mount(NONE, "/", NONE, prop, NONE).ctx(|| "setting propagation of /")?;
+    if prop.contains(MsFlags::MS_SHARED) {
+        make_parent_mount_private(rootfs)?;
+    }
+    mount(
+        Some(rootfs),
+        rootfs,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )
+    .ctx(|| format!("bind-mounting rootfs {}", rootfs.display()))?;
+
+    let mut dev_bound = false;
+    for m in cfg.spec.mounts().iter().flatten() {
+        if m.destination() == Path::new("/dev") && is_bind(m) {
+            dev_bound = true;
+        }
+        mount_entry(cfg, cgroups, m)?;
+    }
+    if !dev_bound {
+        create_devices(cfg)?;
+    }
+    setup_dev_symlinks(rootfs)?;
+    if let Some(p) = cfg.spec.process().as_ref() {
+        let cwd = secure_join(rootfs, p.cwd())?;
+        if !cwd.exists() {
+            fs::create_dir_all(&cwd).ctx(|| format!("creating cwd {}", p.cwd().display()))?;
+        }
+    }
+    if no_pivot {
+        move_root(rootfs)?;
+    } else {
+        pivot(rootfs)?;
+    }
+    if let Some(l) = linux {
+        for p in l.readonly_paths().iter().flatten() {
+            readonly_path(p)?;
+        }
+        for p in l.masked_paths().iter().flatten() {
+            mask_path(p)?;
+        }
+    }
+    if cfg.spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        remount_readonly(Path::new("/"))?;
+    }
+    Ok(())
+}
+
+fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .iter()
+            .flatten()
+            .any(|o| o == "bind" || o == "rbind")
+}
+
+/// The mount holding the rootfs's parent must not be shared, or pivot_root refuses.
+fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo")?;
+    let parent = rootfs.parent().unwrap_or(Path::new("/"));
+    let mut best: Option<PathBuf> = None;
+    for line in info.lines() {
+        let Some(mp) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let mp = PathBuf::from(mp);
+        if is_within(&mp, parent)
+            && best
+                .as_ref()
+                .is_none_or(|b| mp.as_os_str().len() > b.as_os_str().len())
+        {
+            best = Some(mp);
+        }
+    }
+    if let Some(mp) = best {
+        mount(NONE, &mp, NONE, MsFlags::MS_PRIVATE, NONE)
+            .ctx(|| format!("making {} private", mp.display()))?;
+    }
+    Ok(())
+}
+
+/// Resolves a destination inside the rootfs and creates it as a directory or an empty file.
+fn prepare_dest(rootfs: &Path, dest: &Path, as_file: bool) -> Result<PathBuf> {
+    let target = secure_join(rootfs, dest)?;
+    if !is_within(rootfs, &target) {
+        return Err(Error::Config(format!(
+            "mount destination {} leaves the rootfs",
+            dest.display()
+        )));
+    }
+    if fs::symlink_metadata(&target).is_err() {
+        if as_file {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+            }
+            fs::File::create(&target).ctx(|| format!("creating {}", target.display()))?;
+        } else {
+            fs::create_dir_all(&target).ctx(|| format!("creating {}", target.display()))?;
+        }
+    }
+    // A path created through links we followed must still resolve inside.
+    let real = fs::canonicalize(&target).ctx(|| format!("resolving {}", target.display()))?;
+    if !is_within(rootfs, &real) {
+        return Err(Error::Config(format!(
+            "mount destination {} leaves the rootfs",
+            dest.display()
+        )));
+    }
+    Ok(real)
+}
+
+fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
+    let opts = mount_opts::parse(m.options().as_deref().unwrap_or_default())?;
+    let typ = m.typ().clone().unwrap_or_default();
+    let dest_name = m.destination();
+    if typ == "cgroup" || typ == "cgroup2" {
+        let dest = prepare_dest(&cfg.rootfs, dest_name, false)?;
+        return mount_cgroups(cfg, cgroups, &dest, &opts);
+    }
+    if opts.bind || typ == "bind" {
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::Config(format!("bind mount {} has no source", dest_name.display()))
+        })?;
+        let src = if src.is_absolute() {
+            src.clone()
+        } else {
+            cfg.bundle.join(src)
+        };
+        let meta = fs::metadata(&src)
+            .map_err(|e| Error::Config(format!("bind mount source {}: {e}", src.display())))?;
+        let dest = prepare_dest(&cfg.rootfs, dest_name, !meta.is_dir())?;
+        let mut flags = MsFlags::MS_BIND;
+        if opts.recursive {
+            flags |= MsFlags::MS_REC;
+        }
+        mount(Some(&src), &dest, NONE, flags, NONE)
+            .ctx(|| format!("bind-mounting {} on {}", src.display(), dest_name.display()))?;
+        let extra = opts.flags - MsFlags::MS_REMOUNT;
+        if !extra.is_empty() {
+            remount_bind(&dest, extra)?;
+        }
+        return apply_propagation(&dest, &opts);
+    }
+    let dest = prepare_dest(&cfg.rootfs, dest_name, false)?;
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| typ.clone());
+    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+    let res = mount(
+        Some(source.as_str()),
+        &dest,
+        Some(typ.as_str()),
+        opts.flags,
+        data,
+    );
+    match res {
+        Ok(()) => {}
+        Err(nix::Error::EPERM) if typ == "sysfs" && !cfg.new_ns(LinuxNamespaceType::Network) => {
+            // sysfs of the host's network namespace may not be mounted anew: bind it instead.
+            mount(
+                Some("/sys"),
+                &dest,
+                NONE,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                NONE,
+            )
+            .ctx(|| "bind-mounting /sys")?;
+            if opts.flags.contains(MsFlags::MS_RDONLY) {
+                remount_bind(&dest, opts.flags)?;
+            }
+        }
+        Err(e) => {
+            return Err(Error::Sys {
+                context: format!("mounting {typ} on {}", dest_name.display()),
+                source: e,
+            });
+        }
+    }
+    apply_propagation(&dest, &opts)
+}
+
+fn apply_propagation(dest: &Path, opts: &MountOptions) -> Result<()> {
+    for p in &opts.propagation {
+        mount(NONE, dest, NONE, *p, NONE)
+            .ctx(|| format!("setting propagation of {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Remounts a bind mount with extra flags, keeping the flags the kernel locks (nosuid, nodev,
+/// noexec, atime) as they are on the source.
+fn remount_bind(dest: &Path, flags: MsFlags) -> Result<()> {
+    let locked = nix::sys::statvfs::statvfs(dest)
+        .map(|s| {
+            use nix::sys::statvfs::FsFlags;
+            let f = s.flags();
+            let mut m = MsFlags::empty();
+            for (ff, mf) in [
+                (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+                (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+                (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+                (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+                (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+                (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+            ] {
+                if f.contains(ff) {
+                    m |= mf;
+                }
+            }
+            m
+        })
+        .unwrap_or(MsFlags::empty());
+    let all = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked;
+    mount(NONE, dest, NONE, all, NONE).ctx(|| format!("remounting {}", dest.display()))
+}
+
+fn remount_readonly(p: &Path) -> Result<()> {
+    remount_bind(p, MsFlags::MS_RDONLY)
+}
+
+/// The `cgroup` mount: a tmpfs with one directory per v1 hierarchy holding the container's own
+/// cgroup (bind-mounted), or the container's v2 cgroup directly.
+fn mount_cgroups(cfg: &Config, cgroups: &Cgroups, dest: &Path, opts: &MountOptions) -> Result<()> {
+    let ro = opts.flags.contains(MsFlags::MS_RDONLY);
+    let base = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+    let cgroupns = cfg.new_ns(LinuxNamespaceType::Cgroup);
+    if cgroups.unified {
+        let dir = cgroups
+            .dirs
+            .iter()
+            .find(|d| d.v2)
+            .ok_or_else(|| Error::Init("no cgroup v2 directory".into()))?;
+        if cgroupns {
+            mount(
+                Some("cgroup2"),
+                dest,
+                Some("cgroup2"),
+                base | (opts.flags & MsFlags::MS_RDONLY),
+                NONE,
+            )
+            .ctx(|| "mounting cgroup2")?;
+        } else {
+            mount(Some(&dir.path), dest, NONE, MsFlags::MS_BIND, NONE)
+                .ctx(|| "binding cgroup v2 dir")?;
+            if ro || !base.is_empty() {
+                remount_bind(dest, base | (opts.flags & MsFlags::MS_RDONLY))?;
+            }
+        }
+        return Ok(());
+    }
+    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
+        .ctx(|| format!("mounting tmpfs for cgroups at {}", dest.display()))?;
+    for dir in cgroups.dirs.iter().filter(|d| !d.v2) {
+        let name = dir.controllers.join(",");
+        let name = name.strip_prefix("name=").unwrap_or(&name).to_string();
+        let sub = dest.join(&name);
+        fs::create_dir_all(&sub).ctx(|| format!("creating {}", sub.display()))?;
+        if cgroupns {
+            mount(
+                Some("cgroup"),
+                &sub,
+                Some("cgroup"),
+                base,
+                Some(dir.controllers.join(",").as_str()),
+            )
+            .ctx(|| format!("mounting cgroup {name}"))?;
+        } else {
+            mount(Some(&dir.path), &sub, NONE, MsFlags::MS_BIND, NONE)
+                .ctx(|| format!("binding cgroup {name}"))?;
+        }
+        if ro || !base.is_empty() {
+            remount_bind(&sub, base | (opts.flags & MsFlags::MS_RDONLY))?;
+        }
+    }
+    // Like runc, the tmpfs itself stays writable; the hierarchies below it carry `ro`.
+    Ok(())
+}
+
+struct Dev {
+    path: &'static str,
+    major: u64,
+    minor: u64,
+}
+
+const DEFAULT_DEVICES: &[Dev] = &[
+    Dev {
+        path: "/dev/null",
+        major: 1,
+        minor: 3,
+    },
+    Dev {
+        path: "/dev/zero",
+        major: 1,
+        minor: 5,
+    },
+    Dev {
+        path: "/dev/full",
+        major: 1,
+        minor: 7,
+    },
+    Dev {
+        path: "/dev/random",
+        major: 1,
+        minor: 8,
+    },
+    Dev {
+        path: "/dev/urandom",
+        major: 1,
+        minor: 9,
+    },
+    Dev {
+        path: "/dev/tty",
+        major: 5,
+        minor: 0,
+    },
+];
+
+fn create_devices(cfg: &Config) -> Result<()> {
+    let rootfs = &cfg.rootfs;
+    let bind = cfg.new_ns(LinuxNamespaceType::User);
+    let old = umask(Mode::empty());
+    let res = (|| {
+        for d in DEFAULT_DEVICES {
+            let configured = cfg
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.devices().as_ref())
+                .is_some_and(|v| v.iter().any(|x| x.path() == Path::new(d.path)));
+            if configured {
+                continue;
+            }
+            make_device(
+                rootfs,
+                Path::new(d.path),
+                SFlag::S_IFCHR,
+                d.major,
+                d.minor,
+                0o666,
+                0,
+                0,
+                bind,
+            )?;
+        }
+        for d in cfg
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.devices().clone())
+            .unwrap_or_default()
+        {
+            let kind = match d.typ() {
+                LinuxDeviceType::B => SFlag::S_IFBLK,
+                LinuxDeviceType::P => SFlag::S_IFIFO,
+                _ => SFlag::S_IFCHR,
+            };
+            make_device(
+                rootfs,
+                d.path(),
+                kind,
+                d.major() as u64,
+                d.minor() as u64,
+                d.file_mode().unwrap_or(0o666),
+                d.uid().unwrap_or(0),
+                d.gid().unwrap_or(0),
+                bind,
+            )?;
+        }
+        Ok(())
+    })();
+    umask(old);
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_device(
+    rootfs: &Path,
+    path: &Path,
+    kind: SFlag,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    bind: bool,
+) -> Result<()> {
+    let target = secure_join(rootfs, path)?;
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).ctx(|| format!("creating {}", parent.display()))?;
+    }
+    if bind {
+        // mknod is not allowed in a user namespace: bind the host's node instead.
+        if fs::symlink_metadata(&target).is_err() {
+            fs::File::create(&target).ctx(|| format!("creating {}", target.display()))?;
+        }
+        return mount(Some(path), &target, NONE, MsFlags::MS_BIND, NONE)
+            .ctx(|| format!("binding device {}", path.display()));
+    }
+    if fs::symlink_metadata(&target).is_ok() {
+        fs::remove_file(&target).ctx(|| format!("replacing {}", target.display()))?;
+    }
+    mknod(
+        &target,
+        kind,
+        Mode::from_bits_truncate(mode & 0o7777),
+        makedev(major, minor),
+    )
+    .ctx(|| format!("mknod {}", path.display()))?;
+    chown(&target, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .ctx(|| format!("chown {}", path.display()))?;
+    fs::set_permissions(&target, fs::Permissions::from_mode(mode & 0o7777))
+        .ctx(|| format!("chmod {}", path.display()))
+}
+
+fn setup_dev_symlinks(rootfs: &Path) -> Result<()> {
+    let mut links = vec![
+        ("/proc/self/fd", "dev/fd"),
+        ("/proc/self/fd/0", "dev/stdin"),
+        ("/proc/self/fd/1", "dev/stdout"),
+        ("/proc/self/fd/2", "dev/stderr"),
+    ];
+    if Path::new("/proc/kcore").exists() {
+        links.push(("/proc/kcore", "dev/core"));
+    }
+    for (target, link) in links {
+        let l = rootfs.join(link);
+        if fs::symlink_metadata(&l).is_ok() {
+            continue;
+        }
+        if let Err(e) = symlink(target, &l) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(Error::Io {
+                    context: format!("symlink {}", l.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    let ptmx = rootfs.join("dev/ptmx");
+    if rootfs.join("dev/pts").is_dir() {
+        if fs::symlink_metadata(&ptmx).is_ok() {
+            fs::remove_file(&ptmx).ctx(|| "removing /dev/ptmx")?;
+        }
+        symlink("pts/ptmx", &ptmx).ctx(|| "symlink /dev/ptmx")?;
+    }
+    Ok(())
+}
+
+fn pivot(rootfs: &Path) -> Result<()> {
+    let oldroot = open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "opening old root")?;
+    let newroot = open(
+        rootfs,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| "opening new root")?;
+    fchdir(&newroot).ctx(|| "entering rootfs")?;
+    pivot_root(".", ".").ctx(|| "pivot_root")?;
+    // The old root is now stacked under the new one at "/": detach it.
+    fchdir(&oldroot).ctx(|| "entering old root")?;
+    mount(NONE, ".", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
+        .ctx(|| "making old root slave")?;
+    umount2(".", MntFlags::MNT_DETACH).ctx(|| "detaching old root")?;
+    chdir("/").ctx(|| "chdir /")?;
+    Ok(())
+}
+
+fn move_root(rootfs: &Path) -> Result<()> {
+    chdir(rootfs).ctx(|| "entering rootfs")?;
+    mount(Some(rootfs), "/", NONE, MsFlags::MS_MOVE, NONE).ctx(|| "moving rootfs to /")?;
+    nix::unistd::chroot(".").ctx(|| "chroot")?;
+    chdir("/").ctx(|| "chdir /")
+}
+
+fn readonly_path(p: &str) -> Result<()> {
+    let path = Path::new(p);
+    match mount(
+        Some(path),
+        path,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    ) {
+        Ok(()) => remount_bind(path, MsFlags::MS_RDONLY | MsFlags::MS_REC),
+        Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(Error::Sys {
+            context: format!("readonly path {p}"),
+            source: e,
+        }),
+    }
+}
+
+fn mask_path(p: &str) -> Result<()> {
+    let path = Path::new(p);
+    match mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE) {
+        Ok(()) => Ok(()),
+        Err(nix::Error::ENOENT) => Ok(()),
+        Err(nix::Error::ENOTDIR) => {
+            // A directory: cover it with an empty read-only tmpfs.
+            mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, NONE)
+                .ctx(|| format!("masking {p}"))
+        }
+        Err(e) => Err(Error::Sys {
+            context: format!("masking {p}"),
+            source: e,
+        }),
+    }
+}
