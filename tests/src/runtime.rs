@@ -53,6 +53,13 @@ impl CmdOutput {
         self.code == 0 && self.signal.is_none()
     }
 
+    /// Whether stderr holds `message`, verbatim or with its double quotes escaped the way
+    /// runc's text log lines (`level=error msg="unknown signal \"FOO\""`) print them.
+    pub fn stderr_mentions(&self, message: &str) -> bool {
+        let escaped = message.replace('"', "\\\"");
+        self.stderr.contains(message) || self.stderr.contains(&escaped)
+    }
+
     /// stdout followed by stderr.
     pub fn combined(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
