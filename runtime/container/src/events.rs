@@ -89,10 +89,35 @@ pub fn oom_kills(state: &State) -> u64 {
     state.cgroups.oom_kill_count().unwrap_or(0)
 }
 
-pub fn stats_event(state: &State) -> Value {
-    json!({"type": "stats", "id": state.id, "data": stats(state)})
+/// One line of `events` output, fields in runc's order.
+#[derive(serde::Serialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
 }
 
-pub fn oom_event(state: &State) -> Value {
-    json!({"type": "oom", "id": state.id})
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&s)
+    }
+}
+
+pub fn stats_event(state: &State) -> Event {
+    Event {
+        kind: "stats",
+        id: state.id.clone(),
+        data: Some(stats(state)),
+    }
+}
+
+pub fn oom_event(state: &State) -> Event {
+    Event {
+        kind: "oom",
+        id: state.id.clone(),
+        data: None,
+    }
 }

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine and runs keelson's whole test suite (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# The integration tests drive the built binaries.
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast "$@"
