@@ -62,6 +62,13 @@ fn stage1(chan: &Channel, args: &InitArgs) -> Result<()> {
     // Nothing in the container may open this process's /proc entries (exe included).
     // SAFETY: prctl with integer arguments only.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // Handlers the caller installed (run forwards signals) do not belong to the container.
+    for sig in 1..32 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: resetting a signal disposition to its default.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
     chan.expect(tag::GO)?;
     let cfg = args.cfg;
     // Open every namespace to join before joining any (paths resolve differently afterwards).
@@ -145,6 +152,7 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         let p = Path::new("/proc/sys").join(k.replace('.', "/"));
         fs::write(&p, &v).ctx(|| format!("setting sysctl {k}={v}"))?;
     }
+    rootfs::finalize(cfg)?;
     process::set_rlimits(process)?;
     if let Some(adj) = process.oom_score_adj() {
         process::set_oom_score_adj(adj)?;

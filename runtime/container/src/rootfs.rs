@@ -58,11 +58,15 @@ pub fn setup(cfg: &Config, cgroups: &Cgroups, no_pivot: bool) -> Result<()> {
         }
     }
     if no_pivot {
-        move_root(rootfs)?;
+        move_root(rootfs)
     } else {
-        pivot(rootfs)?;
+        pivot(rootfs)
     }
-    if let Some(l) = linux {
+}
+
+/// After hostname and sysctls are written: read-only and masked paths, then the read-only root.
+pub fn finalize(cfg: &Config) -> Result<()> {
+    if let Some(l) = cfg.spec.linux().as_ref() {
         for p in l.readonly_paths().iter().flatten() {
             readonly_path(p)?;
         }
