@@ -369,10 +369,13 @@ fn exit_codes_and_error_messages_match() {
     assert!(problems.is_empty(), "{problems}");
 }
 
+/// Turns a valid bundle into an invalid one.
+type Breaker = Box<dyn Fn(&mut Bundle)>;
+
 #[test]
 fn invalid_configs_are_refused_by_both() {
     let (keelson, runc) = runtimes();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Bundle)>)> = vec![
+    let cases: Vec<(&str, Breaker)> = vec![
         (
             "not json",
             Box::new(|b: &mut Bundle| {
