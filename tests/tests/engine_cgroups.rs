@@ -301,7 +301,7 @@ fn oom_kill_is_reported_by_events() {
     b.set_args(&[
         "sh",
         "-c",
-        "sleep 0.3; dd if=/dev/zero of=/dev/null bs=128M count=1",
+        "sleep 1; dd if=/dev/zero of=/dev/null bs=128M count=1",
     ]);
     b.set_cgroups_path(sc.cgroups_path());
     b.save().expect("save");
@@ -311,7 +311,7 @@ fn oom_kill_is_reported_by_events() {
     assert!(out.success(), "{out}");
     guard.record_from_state();
     let events = rt.spawn(["events", id.as_str()]).expect("spawn events");
-    // Give `events` time to attach before the container runs.
+    // Give `events` time to attach; the container waits 1 s before it allocates.
     std::thread::sleep(Duration::from_millis(200));
     let out = rt.start(&id).expect("start");
     assert!(out.success(), "{out}");
