@@ -5,6 +5,7 @@
 //! (as runc's cgroupfs driver does); an absolute one below the hierarchy's root. An empty one is
 //! the container id, relative.
 
+pub mod devices_bpf;
 mod v1;
 mod v2;
 

@@ -269,6 +269,10 @@ fn apply_blkio(dir: &CgroupDir, b: &LinuxBlockIo) -> Result<()> {
 }
 
 fn apply_devices(dir: &CgroupDir, rules: &[DeviceRule]) -> Result<()> {
+    if rules.is_empty() {
+        // No device rules in the config: the cgroup keeps the kernel's allow-all default.
+        return Ok(());
+    }
     // Start from deny-all, then replay the rules in order: the last matching rule wins,
     // which is what the spec asks for.
     write_file(&dir.path, "devices.deny", "a")?;

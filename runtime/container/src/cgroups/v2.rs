@@ -162,11 +162,8 @@ pub(super) fn apply(dir: &CgroupDir, res: &LinuxResources, devices: &[DeviceRule
         }
         write_file(p, k, v)?;
     }
-    let restrictive = devices.iter().any(|d| !(d.allow && d.kind == 'a'));
-    if restrictive {
-        return Err(Error::Unimplemented(
-            "device rules on cgroup v2 (eBPF device filter)".into(),
-        ));
+    if !devices.is_empty() {
+        super::devices_bpf::attach(p, devices)?;
     }
     Ok(())
 }
