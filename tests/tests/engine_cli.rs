@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -540,4 +541,58 @@ fn debug_flag_is_accepted() {
     let rt = keelson();
     let out = rt.cmd(["--debug", "list"]).expect("list");
     assert!(out.success(), "{out}");
+}
+
+#[test]
+fn bundle_defaults_to_cwd_and_is_stored_absolute() {
+    let rt = keelson();
+    let (_scope, b) = bundle_with("bundle-cwd", &["sleep", "1000"]);
+    let absolute = b.path().to_str().expect("utf-8").to_string();
+
+    let id = unique::container_id("bundle-cwd");
+    let mut guard = rt.guard(&id);
+    let out = rt
+        .cmd_in(b.path(), ["create", id.as_str()])
+        .expect("create");
+    assert!(out.success(), "{out}");
+    guard.record_from_state();
+    assert_eq!(rt.state(&id).expect("state")["bundle"], absolute.as_str());
+
+    let parent = b.path().parent().expect("bundle has a parent");
+    let name = b
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("bundle name");
+    let id2 = unique::container_id("bundle-rel");
+    let mut guard2 = rt.guard(&id2);
+    let out = rt
+        .cmd_in(parent, ["create", "--bundle", name, id2.as_str()])
+        .expect("create");
+    assert!(out.success(), "{out}");
+    guard2.record_from_state();
+    assert_eq!(rt.state(&id2).expect("state")["bundle"], absolute.as_str());
+}
+
+#[test]
+fn no_pivot_is_accepted() {
+    let rt = keelson();
+    let (_scope, b) = bundle_with("no-pivot", &["sleep", "1000"]);
+    let id = unique::container_id("no-pivot");
+    let mut guard = rt.guard(&id);
+    let out = rt.create_with(&b, &id, &["--no-pivot"]).expect("create");
+    assert!(out.success(), "{out}");
+    guard.record_from_state();
+    let out = rt.start(&id).expect("start");
+    assert!(out.success(), "{out}");
+    assert_eq!(rt.status(&id).expect("status"), "running");
+    let pid = pid_of(&rt.state(&id).expect("state"));
+    // The link text is relative to the container's mount namespace; compare identities.
+    let root = fs::metadata(format!("/proc/{pid}/root/")).expect("init root");
+    let rootfs = fs::metadata(b.rootfs()).expect("rootfs");
+    assert_eq!(
+        (root.dev(), root.ino()),
+        (rootfs.dev(), rootfs.ino()),
+        "the init process is not rooted in the rootfs"
+    );
 }
