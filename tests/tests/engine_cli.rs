@@ -596,3 +596,28 @@ fn no_pivot_is_accepted() {
         "the init process is not rooted in the rootfs"
     );
 }
+
+#[test]
+fn create_does_not_run_the_process_until_start() {
+    let rt = keelson();
+    let (_scope, mut b) = bundle_with(
+        "create-waits",
+        &["sh", "-c", "echo started > /tmp/marker; sleep 1000"],
+    );
+    b.config_mut()["root"]["readonly"] = json!(false);
+    b.save().expect("save");
+    let marker = b.rootfs().join("tmp/marker");
+    let guard = create(&rt, &b, "create-waits");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "the process ran before start");
+    let out = rt.start(guard.id()).expect("start");
+    assert!(out.success(), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marker.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fs::read_to_string(&marker).expect("marker after start"),
+        "started\n"
+    );
+}
