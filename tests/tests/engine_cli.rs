@@ -621,3 +621,19 @@ fn create_does_not_run_the_process_until_start() {
         "started\n"
     );
 }
+
+/// runc (urfave/cli) exits 1 on usage errors, not clap's 2.
+#[test]
+fn usage_errors_exit_1() {
+    let rt = keelson();
+    for args in [
+        vec!["state"],
+        vec!["start"],
+        vec!["delete"],
+        vec!["no-such-command"],
+    ] {
+        let out = rt.cmd(&args).expect("runs");
+        assert_eq!(out.code, 1, "{out}");
+        assert!(!out.stderr.trim().is_empty(), "no message: {out}");
+    }
+}
