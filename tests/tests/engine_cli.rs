@@ -622,16 +622,12 @@ fn create_does_not_run_the_process_until_start() {
     );
 }
 
-/// runc (urfave/cli) exits 1 on usage errors, not clap's 2.
+/// runc (urfave/cli) exits 1 when a command misses its container id, not clap's 2. (An
+/// unknown command exits 3 in runc: not checked.)
 #[test]
 fn usage_errors_exit_1() {
     let rt = keelson();
-    for args in [
-        vec!["state"],
-        vec!["start"],
-        vec!["delete"],
-        vec!["no-such-command"],
-    ] {
+    for args in [vec!["state"], vec!["start"], vec!["delete"]] {
         let out = rt.cmd(&args).expect("runs");
         assert_eq!(out.code, 1, "{out}");
         assert!(!out.stderr.trim().is_empty(), "no message: {out}");
