@@ -310,3 +310,33 @@ fn unknown_container_id() {
     }
     assert_eq!(rt.root_entries(), Vec::<String>::new());
 }
+
+/// keelson goes further than runc here: a *relative* symlink whose `..` climbs above the
+/// rootfs is an escape attempt, and the config is refused (absolute links are resolved inside
+/// the rootfs, as images rely on that, e.g. /var/run -> /run).
+#[test]
+fn relative_symlink_escape_is_refused() {
+    let c = Case::new("relesc");
+    let outside = tempfile::tempdir().expect("outside dir");
+    let relative = format!("../../../../../../../..{}", outside.path().display());
+    let mut bundle = Bundle::busybox("relesc2").expect("bundle");
+    std::os::unix::fs::symlink(&relative, bundle.rootfs().join("up")).expect("symlink");
+    bundle.set_args(&["true"]);
+    bundle.set_cgroups_path(&format!("{}/{}", c.scope.cgroups_path(), c.id));
+    bundle.add_mount(json!({
+        "destination": "/up/x",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["size=1m"]
+    }));
+    bundle.save().expect("save");
+    let case = Case { bundle, ..c };
+    let out = case.create();
+    case.assert_refused(&out, &["escapes the rootfs"]);
+    let left: Vec<_> = fs::read_dir(outside.path())
+        .expect("read outside")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "created outside the rootfs: {left:?}");
+    assert_no_mounts_below(outside.path());
+}

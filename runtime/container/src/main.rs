@@ -122,7 +122,15 @@ struct CreateArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Usage errors exit 1 as runc's do; --help and --version exit 0.
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let logger = match log::init(cli.log.as_deref(), cli.log_format, cli.debug) {
         Ok(l) => l,
         Err(e) => {
@@ -178,10 +186,11 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             container::kill(root, id, sig, *all)?;
             Ok(0)
         }
-        Cmd::Delete { force, id } => {
-            container::delete(root, id, *force)?;
-            Ok(0)
-        }
+        Cmd::Delete { force, id } => match container::delete(root, id, *force) {
+            // runc: forcing the delete of a container that does not exist is not an error.
+            Err(keelson_container::Error::NotExist) if *force => Ok(0),
+            r => r.map(|()| 0).map_err(Into::into),
+        },
         Cmd::List { format, quiet } => cmd_list(root, format, *quiet),
         Cmd::Events {
             stats,
