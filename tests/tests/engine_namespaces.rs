@@ -212,3 +212,75 @@ fn host_sysctl_outside_the_container_namespaces_is_refused() {
     let after = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("host sysctl");
     assert_eq!(before, after, "the host's ip_forward changed");
 }
+
+#[test]
+fn user_namespace_with_id_mappings() {
+    let rt = keelson();
+    let mut b = bundle("ns-user");
+    set_namespaces(
+        &mut b,
+        json!([
+            {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+            {"type": "uts"}, {"type": "mount"}, {"type": "user"}
+        ]),
+    );
+    let linux = spec::linux_mut(b.config_mut());
+    linux.insert(
+        "uidMappings".into(),
+        json!([{"containerID": 0, "hostID": 200000, "size": 65536}]),
+    );
+    linux.insert(
+        "gidMappings".into(),
+        json!([{"containerID": 0, "hostID": 300000, "size": 65536}]),
+    );
+    let script = format!(
+        "{} echo uidmap=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'); \
+         echo gidmap=$(cat /proc/self/gid_map | tr -s ' ' | sed 's/^ //'); \
+         echo ids=$(id -u):$(id -g); echo null=$(head -c0 /dev/null && echo ok)",
+        ns_script()
+    );
+    let out = probe(&rt, &mut b, &script).expect("probe");
+    assert!(out.success(), "{out}");
+    let v = |k: &str| value_of(&out.stdout, k);
+    assert_eq!(v("uidmap").as_deref(), Some("0 200000 65536"), "{out}");
+    assert_eq!(v("gidmap").as_deref(), Some("0 300000 65536"), "{out}");
+    assert_eq!(v("ids").as_deref(), Some("0:0"), "{out}");
+    assert_ne!(v("user"), Some(host_link("user")), "{out}");
+    // Devices are bound from the host inside a user namespace and still work.
+    assert_eq!(v("null").as_deref(), Some("ok"), "{out}");
+}
+
+#[test]
+fn user_namespace_without_mappings_is_refused() {
+    let rt = keelson();
+    let mut b = bundle("ns-user-bad");
+    set_namespaces(&mut b, json!([{"type": "mount"}, {"type": "user"}]));
+    if let Some(config) = b.config_mut().as_object_mut() {
+        config.remove("hostname");
+    }
+    let out = probe(&rt, &mut b, "true").expect("probe");
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("no uid/gid mappings"), "{out}");
+}
+
+#[test]
+fn cgroup_namespace_roots_the_container_cgroup() {
+    let rt = keelson();
+    let mut b = bundle("ns-cgroup");
+    set_namespaces(
+        &mut b,
+        json!([
+            {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+            {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+        ]),
+    );
+    let out = probe(
+        &rt,
+        &mut b,
+        "grep -E ':(memory|pids):' /proc/self/cgroup | cut -d: -f3 | sort -u | sed 's/^/path=/'",
+    )
+    .expect("probe");
+    assert!(out.success(), "{out}");
+    // Inside its own cgroup namespace the container sees its cgroup as the root.
+    assert_eq!(out.stdout.trim(), "path=/", "{out}");
+}
