@@ -344,6 +344,28 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
     raw_kill(state.pid, sig)
 }
 
+/// Freezes a running container's processes (`pause`).
+pub fn pause(root: &Path, id: &str) -> Result<()> {
+    let state = load(root, id)?;
+    match state.status(root) {
+        Status::Running => state.cgroups.freeze(true),
+        Status::Created => Err(Error::State(
+            "cannot pause a container that has not been started".into(),
+        )),
+        Status::Paused => Err(Error::State("container is already paused".into())),
+        _ => Err(Error::NotRunning),
+    }
+}
+
+/// Thaws a paused container (`resume`).
+pub fn resume(root: &Path, id: &str) -> Result<()> {
+    let state = load(root, id)?;
+    match state.status(root) {
+        Status::Paused => state.cgroups.freeze(false),
+        _ => Err(Error::State("container not paused".into())),
+    }
+}
+
 fn thaw(state: &State) {
     for d in &state.cgroups.dirs {
         if state.cgroups.unified && d.v2 {

@@ -46,7 +46,7 @@ pub enum Error {
     },
     #[error("{context}: {source}")]
     Sys { context: String, source: nix::Error },
-    #[error("state of container: {0}")]
+    #[error("{0}")]
     State(String),
 }
 

@@ -86,6 +86,10 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Suspend all processes of a container (cgroup freezer)
+    Pause { id: String },
+    /// Resume all processes of a paused container
+    Resume { id: String },
     /// Display container events (OOM notifications and statistics)
     Events {
         /// Display the container's statistics once
@@ -191,6 +195,14 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             Err(keelson_container::Error::NotExist) if *force => Ok(0),
             r => r.map(|()| 0).map_err(Into::into),
         },
+        Cmd::Pause { id } => {
+            container::pause(root, id)?;
+            Ok(0)
+        }
+        Cmd::Resume { id } => {
+            container::resume(root, id)?;
+            Ok(0)
+        }
         Cmd::List { format, quiet } => cmd_list(root, format, *quiet),
         Cmd::Events {
             stats,

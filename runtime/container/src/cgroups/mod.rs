@@ -45,6 +45,8 @@ pub struct CgroupDir {
     pub controllers: Vec<String>,
     /// Host path of the container's cgroup.
     pub path: PathBuf,
+    /// Where the hierarchy is mounted.
+    pub mount_point: PathBuf,
     /// The cgroup path as seen from the hierarchy root (what /proc/PID/cgroup shows).
     pub cgroup: PathBuf,
     /// Directories this container created, outermost first; removed on delete.
@@ -194,6 +196,7 @@ impl Layout {
                 v2: h.v2,
                 controllers: h.controllers.clone(),
                 path: h.mount_point.join(inside),
+                mount_point: h.mount_point.clone(),
                 cgroup,
                 created: Vec::new(),
             });
@@ -264,7 +267,7 @@ impl Cgroups {
                 v1::init_cpuset(dir)?;
             }
             if dir.v2 && self.unified {
-                v2::enable_controllers(dir)?;
+                v2::enable_controllers(dir, &dir.mount_point)?;
             }
         }
         let res = resources.cloned().unwrap_or_default();
@@ -338,6 +341,51 @@ impl Cgroups {
             }
         }
         false
+    }
+
+    /// Freezes (or thaws) every task of the container: v1 freezer.state, v2 cgroup.freeze.
+    /// Waits until the kernel reports the new state.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let dir = self
+            .dirs
+            .iter()
+            .find(|d| {
+                if self.unified {
+                    d.v2
+                } else {
+                    !d.v2 && d.has("freezer")
+                }
+            })
+            .ok_or_else(|| {
+                cg_err(
+                    Path::new("/sys/fs/cgroup"),
+                    "no freezer controller is mounted",
+                )
+            })?;
+        let (file, value) = if self.unified {
+            ("cgroup.freeze", if frozen { "1" } else { "0" })
+        } else {
+            ("freezer.state", if frozen { "FROZEN" } else { "THAWED" })
+        };
+        for _ in 0..1000 {
+            write_file(&dir.path, file, value)?;
+            let done = if self.unified {
+                let events = fs::read_to_string(dir.path.join("cgroup.events")).unwrap_or_default();
+                flat_key(&events, "frozen") == Some(u64::from(frozen))
+            } else {
+                fs::read_to_string(dir.path.join("freezer.state"))
+                    .map(|s| s.trim() == value)
+                    .unwrap_or(false)
+            };
+            if done {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Err(cg_err(
+            &dir.path,
+            format!("the kernel did not reach {value}"),
+        ))
     }
 
     /// Removes the directories this container created, deepest first. Waits up to ~2 s for

@@ -6,18 +6,23 @@ use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 use std::fs;
 use std::path::Path;
 
-/// A new cpuset cgroup starts with empty cpus/mems and refuses tasks: copy them from the parent
-/// for every level this container created.
+/// A new cpuset cgroup starts with empty cpus/mems and refuses tasks: like runc, fill every
+/// level from the hierarchy's root down to the container's cgroup whose sets are still empty
+/// with its parent's.
 pub(super) fn init_cpuset(dir: &CgroupDir) -> Result<()> {
-    for d in &dir.created {
-        let Some(parent) = d.parent() else { continue };
+    let Ok(rel) = dir.path.strip_prefix(&dir.mount_point) else {
+        return Ok(());
+    };
+    let mut parent = dir.mount_point.clone();
+    for comp in rel.components() {
+        let level = parent.join(comp);
         for file in ["cpuset.cpus", "cpuset.mems"] {
-            let own = read(d, file)?;
-            if own.trim().is_empty() {
-                let from_parent = read(parent, file)?;
-                write_file(d, file, from_parent.trim())?;
+            if read(&level, file)?.trim().is_empty() {
+                let from_parent = read(&parent, file)?;
+                write_file(&level, file, from_parent.trim())?;
             }
         }
+        parent = level;
     }
     Ok(())
 }

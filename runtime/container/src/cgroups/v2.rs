@@ -5,13 +5,19 @@ use crate::error::{Error, Result};
 use oci_spec::runtime::LinuxResources;
 use std::fs;
 
-/// Enables the available controllers for the children of every level this container created.
-pub(super) fn enable_controllers(dir: &CgroupDir) -> Result<()> {
-    for d in &dir.created {
-        let Some(parent) = d.parent() else { continue };
-        let avail_file = parent.join("cgroup.controllers");
+/// Enables the available controllers along the path, from the hierarchy's root down to the
+/// container's parent, as runc's v2 driver does: a controller reaches a cgroup only when every
+/// ancestor delegates it. Levels that already delegate a controller are not written.
+pub(super) fn enable_controllers(dir: &CgroupDir, mount_point: &std::path::Path) -> Result<()> {
+    let Ok(rel) = dir.path.strip_prefix(mount_point) else {
+        return Ok(());
+    };
+    let mut level = mount_point.to_path_buf();
+    for comp in rel.components() {
+        let avail_file = level.join("cgroup.controllers");
         let avail =
             fs::read_to_string(&avail_file).map_err(|e| cg_err(&avail_file, e.to_string()))?;
+        let enabled = fs::read_to_string(level.join("cgroup.subtree_control")).unwrap_or_default();
         let want: Vec<String> = avail
             .split_whitespace()
             .filter(|c| {
@@ -20,11 +26,13 @@ pub(super) fn enable_controllers(dir: &CgroupDir) -> Result<()> {
                 ]
                 .contains(c)
             })
+            .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
             .map(|c| format!("+{c}"))
             .collect();
         if !want.is_empty() {
-            write_file(parent, "cgroup.subtree_control", &want.join(" "))?;
+            write_file(&level, "cgroup.subtree_control", &want.join(" "))?;
         }
+        level.push(comp);
     }
     Ok(())
 }
