@@ -9,7 +9,7 @@ use std::fs;
 use std::time::Duration;
 
 use keelson_tests::probe::probe;
-use keelson_tests::{Bundle, CgroupScope, ContainerGuard, Runtime, mountinfo, spec, unique};
+use keelson_tests::{Bundle, CgroupScope, ContainerGuard, Runtime, spec, unique};
 use serde_json::{Value, json};
 
 fn keelson() -> Runtime {
