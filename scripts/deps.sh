@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what keelson's build, tests, example and benchmarks need on a fresh Debian machine.
 set -euo pipefail
-PKGS=(busybox-static runc crun iproute2 procps util-linux python3)
+PKGS=(busybox-static runc crun iproute2 procps util-linux python3 user-mode-linux)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

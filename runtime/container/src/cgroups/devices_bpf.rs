@@ -100,6 +100,7 @@ pub fn compile(rules: &[DeviceRule]) -> Result<Vec<Insn>> {
         ldx_w(4, 1, 4),   // r4 = major
         ldx_w(5, 1, 8),   // r5 = minor
     ];
+    let mut decided = false;
     for rule in rules.iter().rev() {
         let mut block: Vec<Insn> = Vec::new();
         // Each check jumps past the end of this rule's block when it does not match; the
@@ -138,14 +139,23 @@ pub fn compile(rules: &[DeviceRule]) -> Result<Vec<Insn>> {
         block.push(mov32_imm(0, i32::from(rule.allow)));
         block.push(exit());
         let len = block.len();
+        let unconditional = jumps.is_empty();
         for j in jumps {
             // Jump to the first instruction after the block.
             block[j].off = (len - j - 1) as i16;
         }
         prog.extend(block);
+        if unconditional {
+            // This rule matches every access: earlier rules can never decide (and the
+            // verifier refuses unreachable instructions).
+            decided = true;
+            break;
+        }
     }
-    prog.push(mov32_imm(0, 0));
-    prog.push(exit());
+    if !decided {
+        prog.push(mov32_imm(0, 0));
+        prog.push(exit());
+    }
     if prog.len() > 4096 {
         return Err(Error::Config("too many device rules".into()));
     }
@@ -325,5 +335,8 @@ mod tests {
         assert_eq!(run(&p, 2, 2, 1, 5), 0, "other char denied");
         let allow_all = compile(&[rule(true, 'a', None, None, "rwm")]).expect("compile");
         assert_eq!(run(&allow_all, 1, 7, 8, 0), 1);
+        // Nothing may follow an unconditional exit (the verifier rejects unreachable code).
+        assert_eq!(allow_all.last(), Some(&exit()));
+        assert_eq!(allow_all.iter().filter(|i| **i == exit()).count(), 1);
     }
 }

@@ -1,0 +1,37 @@
+#!/bin/sh
+# PID 1 of the user-mode-linux guest booted by run.sh: the host's root read-only (hostfs),
+# tmpfs for everything written, cgroup v2 alone at /sys/fs/cgroup. Runs the suites listed in
+# $KEELSON_SHARE/suites (one "binary filter" per line), writes each one's output and exit code
+# back to the share, then powers the guest off.
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PATH HOME=/root LANG=C.UTF-8
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/tmp
+mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
+mkdir -p /tmp/share
+mount -t hostfs -o "$KEELSON_SHARE" none /tmp/share
+cd "$KEELSON_REPO" || exit 1
+{
+  echo "kernel: $(uname -r)"
+  echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
+  echo "block devices: $(ls /sys/block | tr '\n' ' ')"
+} > /tmp/share/guest-info 2>&1
+n=0
+while read -r bin filter; do
+  [ -n "$bin" ] || continue
+  n=$((n + 1))
+  # libtest on the guest's single CPU; its output goes through cat, not to a raw tty.
+  "$bin" --test-threads=1 $filter 2>&1 | cat > "/tmp/share/out.$n"
+  # The pipeline's status is cat's: ask libtest's summary line instead.
+  if grep -q '^test result: ok\.' "/tmp/share/out.$n"; then echo 0; else echo 1; fi > "/tmp/share/rc.$n"
+done < /tmp/share/suites
+sync
+/bin/busybox poweroff -f
