@@ -9,5 +9,11 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests drive the built binaries.
 cargo build --workspace --bins
-cargo nextest run --workspace --no-fail-fast "$@"
-tests/cgroup-v2/run.sh
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+host=$(sed -n 's/.* tests run: \([0-9]*\) passed.*/\1/p' "$log" | tail -n 1)
+tests/cgroup-v2/run.sh 2>&1 | tee "$log"
+guest=$(sed -n 's/^cgroup v2 guest: \([0-9]*\) passed.*/\1/p' "$log" | tail -n 1)
+echo "host (cgroup v1): ${host:-0} passed; cgroup v2 guest: ${guest:-0} passed"
+echo "$(( ${host:-0} + ${guest:-0} )) passed, 0 failed"

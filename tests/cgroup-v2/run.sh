@@ -64,6 +64,8 @@ echo "cgroup v2 guest: finished in $(( $(date +%s) - start )) s (UML exit $statu
 cat "$share/guest-info" 2>/dev/null || true
 
 failed=0
+passed_tests=0
+failed_tests=0
 for i in "${!names[@]}"; do
   n=$((i + 1))
   echo "=== suite ${names[$i]} (cgroup v2 guest) ==="
@@ -74,5 +76,9 @@ for i in "${!names[@]}"; do
   fi
   cat "$share/out.$n"
   [ "$(cat "$share/rc.$n")" = 0 ] || failed=1
+  read -r p f < <(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$share/out.$n" | tail -n 1)
+  passed_tests=$((passed_tests + ${p:-0}))
+  failed_tests=$((failed_tests + ${f:-0}))
 done
+echo "cgroup v2 guest: $passed_tests passed, $failed_tests failed"
 exit "$failed"
