@@ -7,7 +7,7 @@ PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH HOME=/root LANG=C.UTF-8
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
@@ -18,7 +18,15 @@ mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mkdir -p /tmp/share
 mount -t hostfs -o "$KEELSON_SHARE" none /tmp/share
-cd "$KEELSON_REPO" || exit 1
+# The tmpfs mounts above may cover the checkout or the build dir (a clone under /tmp): show
+# them again at their own paths, which the test binaries have compiled in.
+for dir in "$KEELSON_REPO" "$KEELSON_TARGET"; do
+  if [ -n "$dir" ] && [ ! -d "$dir" ]; then
+    mkdir -p "$dir"
+    mount -t hostfs -o "$dir" none "$dir"
+  fi
+done
+cd "$KEELSON_REPO" || { echo "no $KEELSON_REPO in the guest" > /tmp/share/guest-info; /bin/busybox poweroff -f; }
 {
   echo "kernel: $(uname -r)"
   echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"

@@ -28,6 +28,8 @@ for line in sys.stdin:
         print(m["target"]["name"] + "\t" + m["executable"])
 ')
 
+target_dir="$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 share="$(mktemp -d /dev/shm/keelson-uml.XXXXXX)"
 guest_pid=""
 cleanup() {
@@ -54,7 +56,7 @@ TMPDIR="$share" setsid timeout --kill-after=10 "$timeout_s" linux.uml \
   mem=2048M root=/dev/root rootfstype=hostfs rootflags=/ ro \
   cgroup_no_v1=all init="$here/guest-init.sh" ubd0="$share/scratch.img" \
   con0=null,fd:2 con=null ssl=null \
-  KEELSON_SHARE="$share" KEELSON_REPO="$repo" \
+  KEELSON_SHARE="$share" KEELSON_REPO="$repo" KEELSON_TARGET="$target_dir" \
   </dev/null >"$share/console.log" 2>&1 &
 guest_pid=$!
 status=0

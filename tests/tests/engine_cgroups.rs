@@ -67,12 +67,7 @@ fn memory_limits() {
         assert_eq!(read(&sc, "memory", "memory.max"), "67108864");
         assert_eq!(read(&sc, "memory", "memory.low"), "33554432");
         // v2's swap limit is swap alone: 128 MiB memory+swap - 64 MiB memory.
-        if sc
-            .host_dir("memory")
-            .is_some_and(|d| d.join("memory.swap.max").exists())
-        {
-            assert_eq!(read(&sc, "memory", "memory.swap.max"), "67108864");
-        }
+        assert_eq!(read(&sc, "memory", "memory.swap.max"), "67108864");
     } else {
         assert_eq!(read(&sc, "memory", "memory.limit_in_bytes"), "67108864");
         assert_eq!(
@@ -96,6 +91,37 @@ fn memory_limits() {
     assert!(
         procs.lines().any(|l| l == pid.to_string()),
         "init {pid} not in {procs}"
+    );
+}
+
+#[test]
+fn unified_resources_are_written_on_v2_and_refused_on_v1() {
+    let rt = keelson();
+    let sc = scope("unified");
+    let mut b = bundle("unified");
+    set_resources(&mut b, "unified", json!({"memory.high": "52428800"}));
+    if sc.is_unified_only() {
+        let _guard = create_sleeper(&rt, &mut b, &sc, "unified");
+        assert_eq!(read(&sc, "memory", "memory.high"), "52428800");
+        return;
+    }
+    b.set_args(&["true"]);
+    b.set_cgroups_path(sc.cgroups_path());
+    b.save().expect("save");
+    let id = unique::container_id("unified");
+    let _guard = rt.guard(&id);
+    let out = rt.create(&b, &id).expect("create runs");
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("requires cgroup v2"), "{out}");
+    assert!(
+        rt.root_entries().is_empty(),
+        "state left: {:?}",
+        rt.root_entries()
+    );
+    assert_eq!(
+        sc.existing_dirs(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
     );
 }
 
