@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what keelson's build, tests, example and benchmarks need on a fresh Debian machine.
 set -euo pipefail
-PKGS=(busybox-static runc crun iproute2 procps util-linux python3 user-mode-linux)
+PKGS=(busybox-static runc crun iproute2 procps util-linux python3 user-mode-linux
+      docker-registry skopeo umoci containerd podman containernetworking-plugins iptables nftables
+      apache2-utils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
