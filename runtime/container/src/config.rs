@@ -169,12 +169,6 @@ impl Config {
                 process.cwd()
             ));
         }
-        if process.terminal() == Some(true) {
-            return Err(Error::Unimplemented(
-                "process.terminal (console socket support arrives with the runc drop-in work)"
-                    .into(),
-            ));
-        }
         for r in process.rlimits().iter().flatten() {
             if r.soft() > r.hard() {
                 return bad(format!(

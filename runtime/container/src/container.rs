@@ -5,7 +5,9 @@ use crate::config;
 use crate::error::{Context, Error, Result};
 use crate::init::{self, InitArgs};
 use crate::process;
-use crate::state::{EXEC_FIFO, State, StateOutput, Status, proc_alive, proc_stat, rfc3339_nano};
+use crate::state::{
+    CONFIG_COPY, EXEC_FIFO, State, StateOutput, Status, proc_alive, proc_stat, rfc3339_nano,
+};
 use crate::sync::{self, tag};
 use nix::fcntl::{OFlag, open};
 use nix::sys::signal::{Signal, kill as send_signal};
@@ -26,6 +28,11 @@ pub struct CreateOptions {
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
     pub no_pivot: bool,
+    /// Where to send the pty master of a terminal container.
+    pub console_socket: Option<PathBuf>,
+    pub no_new_keyring: bool,
+    /// Descriptors 3 .. 3+N of the caller passed to the container.
+    pub preserve_fds: u32,
 }
 
 /// Container ids: what runc accepts (letters, digits, `_+-.`), not `.` or `..`.
@@ -86,6 +93,17 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
     if let Some(c) = process.capabilities() {
         process::check_caps(c)?;
     }
+    let terminal = process.terminal() == Some(true);
+    if terminal && opts.console_socket.is_none() {
+        return Err(Error::Config(
+            "cannot allocate tty if keelson will detach without setting console socket".into(),
+        ));
+    }
+    if !terminal && opts.console_socket.is_some() {
+        return Err(Error::Config(
+            "cannot use console socket if keelson will not detach or allocate tty".into(),
+        ));
+    }
     let linux = cfg
         .spec
         .linux()
@@ -136,12 +154,23 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
         Mode::empty(),
     )
     .ctx(|| "opening state dir")?;
+    // exec and later commands read the configuration the container was created with.
+    let spec_json = serde_json::to_vec(&cfg.spec).map_err(|e| Error::State(e.to_string()))?;
+    fs::write(dir.join(CONFIG_COPY), spec_json).ctx(|| "saving config")?;
+    let console = match &opts.console_socket {
+        Some(p) => Some(crate::console::connect_socket(p)?),
+        None => None,
+    };
     let (parent, child) = sync::pair()?;
     let args = InitArgs {
+        id: &opts.id,
         cfg: &cfg,
         cgroups: &cgroups,
         state_dir: &state_dir,
         no_pivot: opts.no_pivot,
+        no_new_keyring: opts.no_new_keyring,
+        preserve_fds: opts.preserve_fds,
+        console,
     };
     // SAFETY: the CLI is single-threaded; the child only runs engine code and then exits or execs.
     let p1 = match unsafe { fork() }.ctx(|| "fork")? {
@@ -152,6 +181,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
         ForkResult::Parent { child: p1 } => p1,
     };
     drop(child);
+    drop(args);
     let outcome = (|| -> Result<i32> {
         cgroups.add_pid(p1.as_raw())?;
         parent.send(tag::GO, &[])?;
@@ -342,6 +372,15 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<()> {
         return Ok(());
     }
     raw_kill(state.pid, sig)
+}
+
+/// Changes the resource limits of a created, running or paused container (`update`).
+pub fn update(root: &Path, id: &str, res: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    let state = load(root, id)?;
+    if state.status(root) == Status::Stopped {
+        return Err(Error::NotRunning);
+    }
+    state.cgroups.update(res)
 }
 
 /// Freezes a running container's processes (`pause`).

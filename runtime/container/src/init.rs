@@ -19,7 +19,7 @@ use nix::fcntl::{OFlag, openat};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, Gid, Uid, chdir, execve, fork, setresgid, setresuid, setsid};
-use oci_spec::runtime::LinuxNamespaceType;
+use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -39,10 +39,15 @@ pub fn clone_flag(t: LinuxNamespaceType) -> CloneFlags {
 
 /// What the init needs that is not in the config.
 pub struct InitArgs<'a> {
+    pub id: &'a str,
     pub cfg: &'a Config,
     pub cgroups: &'a Cgroups,
     pub state_dir: &'a OwnedFd,
     pub no_pivot: bool,
+    pub no_new_keyring: bool,
+    pub preserve_fds: u32,
+    /// Connected console socket (terminal containers).
+    pub console: Option<OwnedFd>,
 }
 
 /// Runs in the intermediate process; never returns.
@@ -153,10 +158,36 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         fs::write(&p, &v).ctx(|| format!("setting sysctl {k}={v}"))?;
     }
     rootfs::finalize(cfg)?;
-    process::set_rlimits(process)?;
     if let Some(adj) = process.oom_score_adj() {
         process::set_oom_score_adj(adj)?;
     }
+    if !args.no_new_keyring {
+        join_session_keyring(args.id)?;
+    }
+    let tail = Tail {
+        chan,
+        console: args.console.as_ref(),
+        preserve_fds: args.preserve_fds,
+        fifo_dir: Some(args.state_dir),
+    };
+    exec_process(process, &tail)
+}
+
+/// What differs between the container's init and a process exec'd into it at the end.
+pub struct Tail<'a> {
+    pub chan: &'a Channel,
+    /// Connected console socket, when the process has a terminal.
+    pub console: Option<&'a OwnedFd>,
+    /// Extra descriptors (3 .. 3+N) passed to the process.
+    pub preserve_fds: u32,
+    /// The state dir holding the exec fifo, for the init (which waits for `start`).
+    pub fifo_dir: Option<&'a OwnedFd>,
+}
+
+/// Takes on the process's identity and limits, reports READY, waits for `start` (init only)
+/// and execs the program. Runs inside the container's namespaces and root.
+pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infallible> {
+    process::set_rlimits(process)?;
     let mut env: Vec<String> = process.env().clone().unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", home_of(process.user().uid())));
@@ -166,7 +197,13 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         .first()
         .ok_or_else(|| Error::Config("process.args must not be empty".into()))?;
     let program = process::lookup(arg0, &env)?;
-    mark_fds_cloexec()?;
+    if process.terminal() == Some(true) {
+        let sock = tail.console.ok_or_else(|| {
+            Error::Config("process.terminal is set but there is no console socket".into())
+        })?;
+        crate::console::setup_pty(sock, process)?;
+    }
+    mark_fds_cloexec(3 + tail.preserve_fds)?;
     process::drop_bounding(process.capabilities().as_ref())?;
     let cwd = process.cwd().clone();
     let early_cd = chdir(&cwd).is_ok();
@@ -180,25 +217,52 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
     let c_prog = process::cstrings(&[program.to_string_lossy().into_owned()])?;
     let c_args = process::cstrings(&args_v)?;
     let c_env = process::cstrings(&env)?;
-    chan.send(tag::READY, &[])?;
-    // Blocks until `start` opens the fifo for reading.
-    let fifo = openat(
-        args.state_dir,
-        EXEC_FIFO,
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .ctx(|| "opening exec fifo")?;
-    nix::unistd::write(&fifo, b"0").ctx(|| "writing exec fifo")?;
-    drop(fifo);
+    tail.chan.send(tag::READY, &[])?;
+    if let Some(dir) = tail.fifo_dir {
+        // Blocks until `start` opens the fifo for reading.
+        let fifo = openat(
+            dir,
+            EXEC_FIFO,
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx(|| "opening exec fifo")?;
+        nix::unistd::write(&fifo, b"0").ctx(|| "writing exec fifo")?;
+        drop(fifo);
+    }
     let e = match execve(&c_prog[0], &c_args, &c_env) {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    // `create` has returned by now: stderr is all that is left to tell.
-    eprintln!("keelson init: exec {}: {e}", program.display());
+    // The caller has returned by now: stderr is all that is left to tell.
+    eprintln!("keelson: exec {}: {e}", program.display());
     // SAFETY: see intermediate().
     unsafe { libc::_exit(127) }
+}
+
+/// A new session keyring named after the container, so containers do not share the host's
+/// (runc does the same unless --no-new-keyring).
+fn join_session_keyring(id: &str) -> Result<()> {
+    let name = std::ffi::CString::new(id).map_err(|_| Error::InvalidId(id.into()))?;
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, name) reads a NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING,
+            name.as_ptr(),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            return Ok(());
+        }
+        return Err(Error::Io {
+            context: "joining a new session keyring".into(),
+            source: e,
+        });
+    }
+    Ok(())
 }
 
 /// HOME for a uid from the container's /etc/passwd, "/" when it has none.
@@ -215,13 +279,13 @@ fn home_of(uid: u32) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
-/// No descriptor of the runtime survives exec: everything above stderr gets FD_CLOEXEC.
-fn mark_fds_cloexec() -> Result<()> {
+/// No descriptor of the runtime survives exec: everything from `first` up gets FD_CLOEXEC.
+fn mark_fds_cloexec(first: u32) -> Result<()> {
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_close_range,
-            3u32,
+            first,
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         )
@@ -234,7 +298,7 @@ fn mark_fds_cloexec() -> Result<()> {
         let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        if fd > 2 {
+        if fd >= first as i32 {
             // SAFETY: fcntl on a descriptor number; a stale one just returns EBADF.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         }

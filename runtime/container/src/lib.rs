@@ -7,9 +7,11 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod console;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod fsutil;
 pub mod init;
 pub mod mount_opts;

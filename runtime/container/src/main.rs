@@ -86,6 +86,21 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Execute a new process inside a container
+    Exec(ExecArgs),
+    /// List the processes of a container
+    Ps {
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        id: String,
+        /// Arguments for ps (default -ef)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Show the enabled features (JSON)
+    Features,
+    /// Update a container's resource limits
+    Update(UpdateArgs),
     /// Suspend all processes of a container (cgroup freezer)
     Pause { id: String },
     /// Resume all processes of a paused container
@@ -100,6 +115,88 @@ enum Cmd {
         interval: String,
         id: String,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ExecArgs {
+    /// Unix socket to receive the pty master on
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// Working directory in the container
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Environment variables (KEY=VALUE)
+    #[arg(short, long)]
+    env: Vec<String>,
+    /// Allocate a pseudo-TTY
+    #[arg(short, long)]
+    tty: bool,
+    /// UID[:GID]
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Additional gids
+    #[arg(short = 'g', long = "additional-gids")]
+    additional_gids: Vec<u32>,
+    /// A process.json to run instead of the arguments
+    #[arg(short, long)]
+    process: Option<PathBuf>,
+    /// Detach from the process
+    #[arg(short, long)]
+    detach: bool,
+    /// File to write the process's pid to
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// SELinux label of the process
+    #[arg(long = "process-label")]
+    process_label: Option<String>,
+    /// AppArmor profile of the process
+    #[arg(long)]
+    apparmor: Option<String>,
+    /// Set no_new_privs
+    #[arg(long = "no-new-privs")]
+    no_new_privs: bool,
+    /// Add a capability
+    #[arg(short, long)]
+    cap: Vec<String>,
+    /// Pass this many extra file descriptors
+    #[arg(long = "preserve-fds", default_value_t = 0)]
+    preserve_fds: u32,
+    id: String,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct UpdateArgs {
+    /// Resources as JSON (linux.resources shape); "-" reads stdin
+    #[arg(short, long)]
+    resources: Option<PathBuf>,
+    #[arg(long = "blkio-weight")]
+    blkio_weight: Option<u16>,
+    #[arg(long = "cpu-period")]
+    cpu_period: Option<u64>,
+    #[arg(long = "cpu-quota")]
+    cpu_quota: Option<i64>,
+    #[arg(long = "cpu-share")]
+    cpu_share: Option<u64>,
+    #[arg(long = "cpu-rt-period")]
+    cpu_rt_period: Option<u64>,
+    #[arg(long = "cpu-rt-runtime")]
+    cpu_rt_runtime: Option<i64>,
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
+    #[arg(long)]
+    memory: Option<i64>,
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<i64>,
+    #[arg(long = "memory-swap")]
+    memory_swap: Option<i64>,
+    #[arg(long = "pids-limit")]
+    pids_limit: Option<i64>,
+    id: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -195,6 +292,17 @@ fn dispatch(cli: &Cli) -> Result<u8> {
             Err(keelson_container::Error::NotExist) if *force => Ok(0),
             r => r.map(|()| 0).map_err(Into::into),
         },
+        Cmd::Exec(a) => cmd_exec(root, a),
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => cmd_ps(root, id, format, ps_args),
+        Cmd::Features => {
+            println!("{}", cli::features::render());
+            Ok(0)
+        }
+        Cmd::Update(a) => cmd_update(root, a),
         Cmd::Pause { id } => {
             container::pause(root, id)?;
             Ok(0)
@@ -213,18 +321,14 @@ fn dispatch(cli: &Cli) -> Result<u8> {
 }
 
 fn create_opts(a: &CreateArgs) -> Result<CreateOptions> {
-    if a.preserve_fds > 0 {
-        bail!("unimplemented: --preserve-fds");
-    }
-    if a.console_socket.is_some() {
-        bail!("unimplemented: --console-socket (terminal containers)");
-    }
-    let _ = a.no_new_keyring;
     Ok(CreateOptions {
         id: a.id.clone(),
         bundle: a.bundle.clone(),
         pid_file: a.pid_file.clone(),
         no_pivot: a.no_pivot,
+        console_socket: a.console_socket.clone(),
+        no_new_keyring: a.no_new_keyring,
+        preserve_fds: a.preserve_fds,
     })
 }
 
@@ -344,7 +448,16 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 }
 
 fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
+    // (signal forwarding shared with exec: install_forwarding)
     let opts = create_opts(a)?;
+    if !detach && opts.console_socket.is_none() {
+        let cfg = keelson_container::config::load(&opts.bundle)?;
+        if cfg.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
+            bail!(
+                "unimplemented: run in the foreground with process.terminal (use --console-socket)"
+            );
+        }
+    }
     if !detach {
         // The init is reparented to us once the intermediate process exits, so we can reap it.
         // SAFETY: prctl with integer arguments only.
@@ -389,4 +502,249 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
         container::destroy_stopped(root, &state)?;
     }
     Ok(code.clamp(0, 255) as u8)
+}
+
+fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
+    use keelson_container::exec::{self, ExecOptions};
+    use oci_spec::runtime::Process;
+    let mut process: Process = match &a.process {
+        Some(p) => {
+            let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))?
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("exec: the command to run is missing (give arguments or --process)");
+            }
+            let spec = exec::container_spec(root, &a.id).or_else(|e| match e {
+                keelson_container::Error::Io { .. } => Err(keelson_container::Error::NotExist),
+                e => Err(e),
+            })?;
+            let mut p = spec.process().clone().unwrap_or_default();
+            p.set_args(Some(a.command.clone()));
+            p.set_terminal(Some(a.tty));
+            let mut env = p.env().clone().unwrap_or_default();
+            env.extend(a.env.iter().cloned());
+            p.set_env(Some(env));
+            if let Some(cwd) = &a.cwd {
+                p.set_cwd(cwd.clone());
+            }
+            if let Some(u) = &a.user {
+                let (uid, gid) = match u.split_once(':') {
+                    Some((u, g)) => (u.parse::<u32>()?, Some(g.parse::<u32>()?)),
+                    None => (
+                        u.parse::<u32>()
+                            .with_context(|| format!("--user {u:?}: only numeric ids"))?,
+                        None,
+                    ),
+                };
+                let mut user = p.user().clone();
+                user.set_uid(uid);
+                if let Some(g) = gid {
+                    user.set_gid(g);
+                }
+                p.set_user(user);
+            }
+            if !a.additional_gids.is_empty() {
+                let mut user = p.user().clone();
+                user.set_additional_gids(Some(a.additional_gids.clone()));
+                p.set_user(user);
+            }
+            if a.no_new_privs {
+                p.set_no_new_privileges(Some(true));
+            }
+            if let Some(l) = &a.process_label {
+                p.set_selinux_label(Some(l.clone()));
+            }
+            if let Some(l) = &a.apparmor {
+                p.set_apparmor_profile(Some(l.clone()));
+            }
+            if !a.cap.is_empty() {
+                let mut caps = p.capabilities().clone().unwrap_or_default();
+                for name in &a.cap {
+                    let c: oci_spec::runtime::Capability =
+                        serde_json::from_value(serde_json::Value::String(name.clone()))
+                            .with_context(|| format!("unknown capability {name:?}"))?;
+                    let add = |set: &Option<oci_spec::runtime::Capabilities>| {
+                        let mut set = set.clone().unwrap_or_default();
+                        set.insert(c);
+                        Some(set)
+                    };
+                    caps.set_bounding(add(caps.bounding()));
+                    caps.set_effective(add(caps.effective()));
+                    caps.set_permitted(add(caps.permitted()));
+                }
+                p.set_capabilities(Some(caps));
+            }
+            p
+        }
+    };
+    if process
+        .selinux_label()
+        .as_deref()
+        .is_some_and(|l| !l.is_empty())
+    {
+        bail!("unimplemented: SELinux process labels");
+    }
+    let _ = &mut process;
+    let opts = ExecOptions {
+        id: a.id.clone(),
+        pid_file: a.pid_file.clone(),
+        console_socket: a.console_socket.clone(),
+        preserve_fds: a.preserve_fds,
+    };
+    if !a.detach {
+        if process.terminal() == Some(true) && a.console_socket.is_none() {
+            bail!("unimplemented: exec in the foreground with a tty (use --console-socket)");
+        }
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        install_forwarding();
+    }
+    let (_, pid) = exec::exec(root, &opts, &process)?;
+    if a.detach {
+        return Ok(0);
+    }
+    RUN_PID.store(pid, Ordering::SeqCst);
+    let code = wait_exit(pid)?;
+    RUN_PID.store(0, Ordering::SeqCst);
+    Ok(code)
+}
+
+fn install_forwarding() {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGWINCH,
+    ] {
+        // SAFETY: installs a handler that only calls async-signal-safe kill().
+        unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn wait_exit(pid: i32) -> Result<u8> {
+    loop {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(st) => {
+                if let Some(c) = container::exit_code(st) {
+                    return Ok(c.clamp(0, 255) as u8);
+                }
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => bail!("waiting for process {pid}: {e}"),
+        }
+    }
+}
+
+fn cmd_ps(root: &Path, id: &str, format: &str, ps_args: &[String]) -> Result<u8> {
+    let state = container::load(root, id)?;
+    let pids = state.cgroups.pids()?;
+    match format {
+        "json" => {
+            println!("{}", serde_json::to_string(&pids)?);
+            Ok(0)
+        }
+        "table" => {
+            let args: Vec<String> = if ps_args.is_empty() {
+                vec!["-ef".into()]
+            } else {
+                ps_args.to_vec()
+            };
+            let out = std::process::Command::new("ps")
+                .args(&args)
+                .output()
+                .context("running ps")?;
+            if !out.status.success() {
+                bail!("ps: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or_default();
+            let col = header
+                .split_whitespace()
+                .position(|h| h == "PID")
+                .context("couldn't find PID field in ps output")?;
+            println!("{header}");
+            for l in lines {
+                let pid: Option<i32> = l.split_whitespace().nth(col).and_then(|p| p.parse().ok());
+                if pid.is_some_and(|p| pids.contains(&p)) {
+                    println!("{l}");
+                }
+            }
+            Ok(0)
+        }
+        other => bail!("invalid format option {other:?}"),
+    }
+}
+
+fn cmd_update(root: &Path, a: &UpdateArgs) -> Result<u8> {
+    use oci_spec::runtime::LinuxResources;
+    let mut res: LinuxResources = match &a.resources {
+        Some(p) => {
+            let data = if p.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+            };
+            serde_json::from_slice(&data).context("parsing resources")?
+        }
+        None => LinuxResources::default(),
+    };
+    let mut v = serde_json::to_value(&res)?;
+    let mut set = |path: &[&str], val: serde_json::Value| {
+        let mut cur = &mut v;
+        for k in &path[..path.len() - 1] {
+            if cur.get(*k).is_none_or(|x| x.is_null()) {
+                cur[*k] = serde_json::json!({});
+            }
+            cur = &mut cur[*k];
+        }
+        cur[path[path.len() - 1]] = val;
+    };
+    use serde_json::json;
+    if let Some(x) = a.blkio_weight {
+        set(&["blockIO", "weight"], json!(x));
+    }
+    if let Some(x) = a.cpu_period {
+        set(&["cpu", "period"], json!(x));
+    }
+    if let Some(x) = a.cpu_quota {
+        set(&["cpu", "quota"], json!(x));
+    }
+    if let Some(x) = a.cpu_share {
+        set(&["cpu", "shares"], json!(x));
+    }
+    if let Some(x) = a.cpu_rt_period {
+        set(&["cpu", "realtimePeriod"], json!(x));
+    }
+    if let Some(x) = a.cpu_rt_runtime {
+        set(&["cpu", "realtimeRuntime"], json!(x));
+    }
+    if let Some(x) = &a.cpuset_cpus {
+        set(&["cpu", "cpus"], json!(x));
+    }
+    if let Some(x) = &a.cpuset_mems {
+        set(&["cpu", "mems"], json!(x));
+    }
+    if let Some(x) = a.memory {
+        set(&["memory", "limit"], json!(x));
+    }
+    if let Some(x) = a.memory_reservation {
+        set(&["memory", "reservation"], json!(x));
+    }
+    if let Some(x) = a.memory_swap {
+        set(&["memory", "swap"], json!(x));
+    }
+    if let Some(x) = a.pids_limit {
+        set(&["pids", "limit"], json!(x));
+    }
+    res = serde_json::from_value(v).context("resources")?;
+    container::update(root, &a.id, &res)?;
+    Ok(0)
 }

@@ -11,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub const STATE_FILE: &str = "state.json";
 pub const EXEC_FIFO: &str = "exec.fifo";
+/// The config.json the container was created with (exec and update read it).
+pub const CONFIG_COPY: &str = "config.json";
 
 /// Status values as the OCI runtime spec (and runc) name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -284,6 +284,22 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Applies new resource limits to the existing cgroups (`update`); device rules are left
+    /// as they are.
+    pub fn update(&self, res: &LinuxResources) -> Result<()> {
+        if !self.unified {
+            v1::refuse_v2_only(res)?;
+        }
+        for dir in &self.dirs {
+            if self.unified {
+                v2::apply(dir, res, &[])?;
+            } else if !dir.v2 {
+                v1::apply(dir, res, &[])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Moves a process into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<()> {
         for dir in &self.dirs {

@@ -1,1 +1,2 @@
+pub mod features;
 pub mod log;
