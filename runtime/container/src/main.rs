@@ -516,9 +516,9 @@ fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
             if a.command.is_empty() {
                 bail!("exec: the command to run is missing (give arguments or --process)");
             }
-            let spec = exec::container_spec(root, &a.id).or_else(|e| match e {
-                keelson_container::Error::Io { .. } => Err(keelson_container::Error::NotExist),
-                e => Err(e),
+            let spec = exec::container_spec(root, &a.id).map_err(|e| match e {
+                keelson_container::Error::Io { .. } => keelson_container::Error::NotExist,
+                e => e,
             })?;
             let mut p = spec.process().clone().unwrap_or_default();
             p.set_args(Some(a.command.clone()));
