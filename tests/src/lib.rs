@@ -13,6 +13,8 @@
 pub mod bundle;
 pub mod caps;
 pub mod cgroup;
+pub mod cni;
+pub mod console;
 pub mod mountinfo;
 pub mod netns;
 pub mod probe;
