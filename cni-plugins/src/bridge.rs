@@ -1,0 +1,535 @@
+//! `bridge`: a Linux bridge on the host, a veth pair per container with the peer moved into the
+//! container's netns as `CNI_IFNAME`, addresses from the IPAM plugin.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use ipnet::IpNet;
+use netlink_packet_route::link::InfoKind;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{CniError, Code, Result};
+use crate::ipam;
+use crate::netlink::{Handle, Link, NetlinkError};
+use crate::ns;
+use crate::skel::{Args, Plugin};
+use crate::sysctl;
+use crate::types::{self, CniResult, Interface, Route};
+
+const OWN_KEYS: [&str; 19] = [
+    "bridge",
+    "isGateway",
+    "isDefaultGateway",
+    "forceAddress",
+    "ipMasq",
+    "ipMasqBackend",
+    "mtu",
+    "hairpinMode",
+    "promiscMode",
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+    "enabledad",
+    "disableContainerInterface",
+    "portIsolation",
+    "ipam",
+    "dns",
+    "mac",
+];
+
+/// Linux's IFNAMSIZ minus the terminating NUL.
+const MAX_IFNAME: usize = 15;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BridgeConf {
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    #[serde(default)]
+    is_gateway: bool,
+    #[serde(default)]
+    is_default_gateway: bool,
+    #[serde(default)]
+    force_address: bool,
+    #[serde(default)]
+    ip_masq: bool,
+    #[serde(default)]
+    ip_masq_backend: Option<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    hairpin_mode: bool,
+    #[serde(default)]
+    promisc_mode: bool,
+    #[serde(default)]
+    vlan: u16,
+    #[serde(default)]
+    vlan_trunk: Option<Value>,
+    #[serde(default)]
+    macspoofchk: bool,
+    #[serde(default)]
+    enabledad: bool,
+    #[serde(default)]
+    disable_container_interface: bool,
+    #[serde(default)]
+    port_isolation: bool,
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+fn default_bridge() -> String {
+    "cni0".to_string()
+}
+
+fn nl(e: NetlinkError) -> CniError {
+    CniError::plugin(e.to_string())
+}
+
+fn valid_ifname(name: &str, what: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(CniError::config(format!(
+            "{what} name {name:?} must be 1 to {MAX_IFNAME} bytes long"
+        )));
+    }
+    if name == "." || name == ".." || name.contains(['/', ':', ' ', '\t', '\n']) {
+        return Err(CniError::config(format!("{what} name {name:?} is invalid")));
+    }
+    Ok(())
+}
+
+fn parse(conf: &Value) -> Result<BridgeConf> {
+    types::check_keys(conf, &OWN_KEYS, "bridge config")?;
+    let mut c: BridgeConf = types::typed(conf, "bridge config")?;
+    valid_ifname(&c.bridge, "bridge")?;
+    if c.is_default_gateway {
+        c.is_gateway = true;
+    }
+    if c.vlan > 4094 {
+        return Err(CniError::config(format!("invalid VLAN ID {}", c.vlan)));
+    }
+    if let Some(b) = &c.ip_masq_backend
+        && b != "iptables"
+        && b != "nftables"
+    {
+        return Err(CniError::config(format!(
+            "unknown ipMasqBackend {b:?} (want \"iptables\" or \"nftables\")"
+        )));
+    }
+    if let Some(mtu) = c.mtu
+        && !(68..=65535).contains(&mtu)
+    {
+        return Err(CniError::config(format!("invalid MTU {mtu}")));
+    }
+    Ok(c)
+}
+
+fn unimplemented(c: &BridgeConf) -> Result<()> {
+    let what = if c.ip_masq {
+        "ipMasq"
+    } else if c.vlan != 0 || c.vlan_trunk.is_some() {
+        "vlan"
+    } else if c.macspoofchk {
+        "macspoofchk"
+    } else if c.mac.is_some() {
+        "mac"
+    } else {
+        return Ok(());
+    };
+    Err(CniError::config(format!(
+        "unimplemented: bridge option {what:?} is not supported yet"
+    )))
+}
+
+fn random_veth_name() -> Result<String> {
+    let mut b = [0u8; 4];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| CniError::io("failed to read random bytes", e))?;
+    Ok(format!("veth{:08x}", u32::from_be_bytes(b)))
+}
+
+/// The bridge, created (and brought up) when missing.
+fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link> {
+    let existing = h.link_by_name(&c.bridge).map_err(nl)?;
+    let br = match existing {
+        Some(l) => {
+            if l.kind != Some(InfoKind::Bridge) {
+                return Err(CniError::plugin(format!(
+                    "{:?} already exists but is not a bridge",
+                    c.bridge
+                )));
+            }
+            l
+        }
+        None => {
+            match h.add_bridge(&c.bridge, c.mtu, c.vlan != 0) {
+                Ok(()) => {}
+                // A concurrent ADD created it first.
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(nl(e)),
+            }
+            h.link_by_name(&c.bridge)
+                .map_err(nl)?
+                .ok_or_else(|| CniError::plugin("bridge vanished after creation"))?
+        }
+    };
+    if !br.is_up() || (c.promisc_mode && !br.promisc) {
+        h.set_flags(br.index, true, c.promisc_mode.then_some(true))
+            .map_err(nl)?;
+    }
+    Ok(br)
+}
+
+struct ContainerSide {
+    mac: String,
+}
+
+/// Inside the container netns: addresses, routes, sysctls, link up.
+fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Result<ContainerSide> {
+    let mut h = Handle::new().map_err(nl)?;
+    let link = h
+        .link_by_name(ifname)
+        .map_err(nl)?
+        .ok_or_else(|| CniError::plugin(format!("{ifname} not found in container netns")))?;
+    let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
+    if has_v6 {
+        // Duplicate address detection only delays a fresh veth's addresses.
+        let dad = if c.enabledad { "1" } else { "0" };
+        let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.accept_dad"), dad);
+        let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "0");
+    }
+    let _ = sysctl::set(&format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
+    if !c.disable_container_interface {
+        h.set_flags(link.index, true, None).map_err(nl)?;
+    }
+    for ip in &result.ips {
+        h.add_addr(link.index, &ip.address).map_err(nl)?;
+    }
+    for r in &result.routes {
+        let gw =
+            r.gw.or_else(|| family_gateway(result, r.dst.addr().is_ipv4()));
+        match h.add_route(link.index, &r.dst, gw) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(nl(e)),
+        }
+    }
+    Ok(ContainerSide {
+        mac: link.mac_string(),
+    })
+}
+
+fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
+    result
+        .ips
+        .iter()
+        .filter(|i| i.address.addr().is_ipv4() == v4)
+        .find_map(|i| i.gateway)
+}
+
+pub struct Bridge;
+
+impl Bridge {
+    fn add_inner(
+        &self,
+        args: &Args,
+        conf: &Value,
+        c: &BridgeConf,
+        h: &mut Handle,
+        netns: &File,
+        host_veth: &mut Option<u32>,
+    ) -> Result<CniResult> {
+        let br = ensure_bridge(h, c)?;
+        let mtu = c.mtu.or((br.mtu != 0 && br.mtu != 1500).then_some(br.mtu));
+
+        // The container side must not exist yet.
+        let exists = ns::run_in(netns, || {
+            let mut ch = Handle::new().map_err(nl)?;
+            Ok(ch.link_by_name(&args.ifname).map_err(nl)?.is_some())
+        })?;
+        if exists {
+            return Err(CniError::plugin(format!(
+                "container veth name provided ({}) already exists",
+                args.ifname
+            )));
+        }
+        let mut name = random_veth_name()?;
+        let mut tries = 0;
+        loop {
+            match h.add_veth(&name, &args.ifname, mtu, netns.as_raw_fd()) {
+                Ok(()) => break,
+                Err(e) if e.errno() == Some(libc::EEXIST) && tries < 5 => {
+                    tries += 1;
+                    name = random_veth_name()?;
+                }
+                Err(e) => return Err(nl(e)),
+            }
+        }
+        let veth = h
+            .link_by_name(&name)
+            .map_err(nl)?
+            .ok_or_else(|| CniError::plugin("host veth vanished after creation"))?;
+        *host_veth = Some(veth.index);
+        h.set_master(veth.index, br.index).map_err(nl)?;
+        if c.hairpin_mode || c.port_isolation {
+            h.set_bridge_port(veth.index, c.hairpin_mode, c.port_isolation)
+                .map_err(nl)?;
+        }
+        h.set_flags(veth.index, true, None).map_err(nl)?;
+
+        let mut result = if conf.get("ipam").is_some() {
+            let r = ipam::add(args, conf)?;
+            if r.ips.is_empty() {
+                return Err(CniError::plugin("IPAM plugin returned missing IP config"));
+            }
+            r
+        } else {
+            CniResult::default()
+        };
+        for ip in &mut result.ips {
+            ip.interface = Some(2);
+        }
+        if c.is_default_gateway {
+            for v4 in [true, false] {
+                let Some(gw) = family_gateway(&result, v4) else {
+                    continue;
+                };
+                let dst: IpNet = if v4 {
+                    IpNet::new(IpAddr::from([0u8; 4]), 0)
+                } else {
+                    IpNet::new(IpAddr::from([0u16; 8]), 0)
+                }
+                .map_err(|e| CniError::plugin(e.to_string()))?;
+                if !result.routes.iter().any(|r| r.dst == dst) {
+                    result.routes.push(Route::new(dst, Some(gw)));
+                }
+            }
+        }
+
+        let side = ns::run_in(netns, || configure_container(c, &args.ifname, &result))?;
+
+        if c.is_gateway {
+            let existing = h.addrs(Some(br.index)).map_err(nl)?;
+            for ip in &result.ips {
+                let Some(gw) = ip.gateway else { continue };
+                let gw_net = IpNet::new(gw, ip.address.prefix_len())
+                    .map_err(|e| CniError::plugin(e.to_string()))?;
+                if existing.iter().any(|(_, a)| *a == gw_net) {
+                    continue;
+                }
+                if !c.force_address
+                    && let Some((_, other)) = existing.iter().find(|(_, a)| {
+                        a.addr().is_ipv4() == gw.is_ipv4() && a.contains(&gw) && a.addr() != gw
+                    })
+                {
+                    return Err(CniError::plugin(format!(
+                        "{:?} already has an IP address different from {gw_net}: {other}",
+                        c.bridge
+                    )));
+                }
+                match h.add_addr(br.index, &gw_net) {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(nl(e)),
+                }
+            }
+            if result.ips.iter().any(|i| i.address.addr().is_ipv4()) {
+                sysctl::set("net.ipv4.ip_forward", "1")?;
+            }
+            if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
+                sysctl::set("net.ipv6.conf.all.forwarding", "1")?;
+            }
+        }
+
+        // Re-read the bridge: its MAC follows its first port.
+        let br = h.link_by_index(br.index).map_err(nl)?.unwrap_or(br);
+        let sandbox = args
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        result.interfaces = vec![
+            Interface {
+                name: br.name.clone(),
+                mac: br.mac_string(),
+                ..Default::default()
+            },
+            Interface {
+                name: veth.name.clone(),
+                mac: veth.mac_string(),
+                ..Default::default()
+            },
+            Interface {
+                name: args.ifname.clone(),
+                mac: side.mac,
+                sandbox,
+                ..Default::default()
+            },
+        ];
+        if let Some(dns) = conf.get("dns")
+            && let Ok(d) = serde_json::from_value(dns.clone())
+            && result.dns == Default::default()
+        {
+            result.dns = d;
+        }
+        Ok(result)
+    }
+}
+
+impl Plugin for Bridge {
+    fn validate(&self, conf: &Value) -> Result<()> {
+        parse(conf).map(|_| ())
+    }
+
+    fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
+        let c = parse(conf)?;
+        unimplemented(&c)?;
+        valid_ifname(&args.ifname, "interface")
+            .map_err(|e| CniError::new(Code::InvalidEnv, e.msg))?;
+        let path = args
+            .netns
+            .as_ref()
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS missing"))?;
+        let netns = ns::open(path)?;
+        let mut h = Handle::new().map_err(nl)?;
+        let mut host_veth = None;
+        let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut host_veth);
+        if res.is_err() {
+            // Undo: the veth pair (both ends) and any address the IPAM plugin handed out.
+            if let Some(idx) = host_veth {
+                let _ = h.del_link(idx);
+            }
+            if conf.get("ipam").is_some() {
+                let _ = ipam::del(args, conf);
+            }
+        }
+        res
+    }
+
+    fn del(&self, args: &Args, conf: &Value) -> Result<()> {
+        let _c = parse(conf)?;
+        if conf.get("ipam").is_some() {
+            ipam::del(args, conf)?;
+        }
+        let Some(path) = &args.netns else {
+            return Ok(());
+        };
+        let Ok(netns) = File::open(path) else {
+            return Ok(());
+        };
+        ns::run_in(&netns, || {
+            let mut h = Handle::new().map_err(nl)?;
+            if let Some(l) = h.link_by_name(&args.ifname).map_err(nl)? {
+                match h.del_link(l.index) {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                    Err(e) => return Err(nl(e)),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn check(&self, args: &Args, conf: &Value) -> Result<()> {
+        let c = parse(conf)?;
+        let prev = types::prev_result(conf)?
+            .ok_or_else(|| CniError::config("Required prevResult missing"))?;
+        if conf.get("ipam").is_some() {
+            ipam::check(args, conf)?;
+        }
+        let mut h = Handle::new().map_err(nl)?;
+        let br = h
+            .link_by_name(&c.bridge)
+            .map_err(nl)?
+            .ok_or_else(|| CniError::plugin(format!("bridge {:?} not found", c.bridge)))?;
+        if br.kind != Some(InfoKind::Bridge) {
+            return Err(CniError::plugin(format!("{:?} is not a bridge", c.bridge)));
+        }
+        let cont = prev
+            .interfaces
+            .iter()
+            .find(|i| i.name == args.ifname && !i.sandbox.is_empty())
+            .ok_or_else(|| {
+                CniError::plugin(format!("interface {} not in prevResult", args.ifname))
+            })?;
+        for i in prev.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
+            if i.name == c.bridge {
+                continue;
+            }
+            let l = h
+                .link_by_name(&i.name)
+                .map_err(nl)?
+                .ok_or_else(|| CniError::plugin(format!("host veth {} not found", i.name)))?;
+            if l.master != Some(br.index) {
+                return Err(CniError::plugin(format!(
+                    "interface {} is not attached to bridge {}",
+                    i.name, c.bridge
+                )));
+            }
+        }
+        let path = args
+            .netns
+            .as_ref()
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS missing"))?;
+        let netns = ns::open(path)?;
+        let cont_mac = cont.mac.clone();
+        ns::run_in(&netns, || {
+            let mut ch = Handle::new().map_err(nl)?;
+            let l = ch
+                .link_by_name(&args.ifname)
+                .map_err(nl)?
+                .ok_or_else(|| CniError::plugin(format!("{} not found", args.ifname)))?;
+            if l.kind != Some(InfoKind::Veth) {
+                return Err(CniError::plugin(format!("{} is not a veth", args.ifname)));
+            }
+            if !cont_mac.is_empty() && !l.mac_string().eq_ignore_ascii_case(&cont_mac) {
+                return Err(CniError::plugin(format!(
+                    "interface {} MAC {} does not match {}",
+                    args.ifname,
+                    l.mac_string(),
+                    cont_mac
+                )));
+            }
+            let addrs = ch.addrs(Some(l.index)).map_err(nl)?;
+            for ip in &prev.ips {
+                if !addrs.iter().any(|(_, a)| *a == ip.address) {
+                    return Err(CniError::plugin(format!(
+                        "address {} not found on {}",
+                        ip.address, args.ifname
+                    )));
+                }
+            }
+            let routes = ch.routes().map_err(nl)?;
+            for r in &prev.routes {
+                // A route without gw matches on destination alone (as upstream since v1.3.0).
+                let ok = routes.iter().any(|x| {
+                    x.dst == r.dst && x.oif == Some(l.index) && (r.gw.is_none() || x.gw == r.gw)
+                });
+                if !ok {
+                    return Err(CniError::plugin(format!(
+                        "route {} not found in container",
+                        r.dst
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn status(&self, args: &Args, conf: &Value) -> Result<()> {
+        if conf.get("ipam").is_some() {
+            ipam::exec(args, conf, "STATUS")?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self, args: &Args, conf: &Value) -> Result<()> {
+        if conf.get("ipam").is_some() {
+            ipam::exec(args, conf, "GC")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,482 @@
+//! A small synchronous rtnetlink client: one `NETLINK_ROUTE` socket in the calling thread's
+//! network namespace, messages built with `netlink-packet-route`.
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use ipnet::IpNet;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// Errors of netlink requests; `Kernel` carries the errno the kernel answered with.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(io::Error),
+    #[error("{op}: {source}")]
+    Kernel { op: String, source: io::Error },
+    #[error("netlink decode: {0}")]
+    Decode(String),
+}
+
+impl NetlinkError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, NetlinkError>;
+
+/// A link as the plugins need it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub flags: LinkFlags,
+    pub master: Option<u32>,
+    pub kind: Option<InfoKind>,
+    pub hairpin: Option<bool>,
+    pub isolated: Option<bool>,
+    pub promisc: bool,
+}
+
+impl Link {
+    fn from_msg(m: &LinkMessage) -> Link {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+            flags: m.header.flags,
+            master: None,
+            kind: None,
+            hairpin: None,
+            isolated: None,
+            promisc: m.header.flags.contains(LinkFlags::Promisc),
+        };
+        for a in &m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n.clone(),
+                LinkAttribute::Address(a) => l.mac = a.clone(),
+                LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::Controller(v) => l.master = Some(*v),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        match i {
+                            LinkInfo::Kind(k) => l.kind = Some(k.clone()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(ps)) => {
+                                for p in ps {
+                                    match p {
+                                        InfoBridgePort::HairpinMode(h) => l.hairpin = Some(*h),
+                                        InfoBridgePort::Isolated(i) => l.isolated = Some(*i),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.flags.contains(LinkFlags::Up)
+    }
+
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A route of the main table, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub dst: IpNet,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+/// One rtnetlink socket of the calling thread's network namespace.
+pub struct Handle {
+    sock: Socket,
+    seq: u32,
+}
+
+fn family(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    }
+}
+
+impl Handle {
+    /// Opens a socket in the current thread's network namespace.
+    pub fn new() -> Result<Handle> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        sock.bind_auto().map_err(NetlinkError::Socket)?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
+        Ok(Handle { sock, seq: 1 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0).map_err(NetlinkError::Socket)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full().map_err(NetlinkError::Socket)?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    return Err(NetlinkError::Decode("zero-length message".into()));
+                }
+                off += (len + 3) & !3;
+                if m.header.sequence_number != self.seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::Error(e) => {
+                        if e.code.is_none() {
+                            return Ok(out);
+                        }
+                        return Err(NetlinkError::Kernel {
+                            op: op.to_string(),
+                            source: e.to_io(),
+                        });
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::InnerMessage(inner) => {
+                        out.push(inner);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The link named `name`, or None.
+    pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(RouteNetlinkMessage::GetLink(m), 0, "get link") {
+            Ok(msgs) => Ok(msgs.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with `index`, or None.
+    pub fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        match self.request(RouteNetlinkMessage::GetLink(m), 0, "get link") {
+            Ok(msgs) => Ok(msgs.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All links of the namespace.
+    pub fn links(&mut self) -> Result<Vec<Link>> {
+        let m = LinkMessage::default();
+        let msgs = self.request(RouteNetlinkMessage::GetLink(m), NLM_F_DUMP, "dump links")?;
+        Ok(msgs
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_msg(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn new_link(&mut self, m: LinkMessage, op: &str) -> Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            op,
+        )
+        .map(|_| ())
+    }
+
+    /// Creates a bridge (`vlan_filtering` for the `vlan` option).
+    pub fn add_bridge(&mut self, name: &str, mtu: Option<u32>, vlan_filtering: bool) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(info));
+        self.new_link(m, &format!("create bridge {name}"))
+    }
+
+    /// Creates a veth pair: `name` here, `peer` in the namespace of `peer_netns`.
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        mtu: Option<u32>,
+        peer_netns: RawFd,
+    ) -> Result<()> {
+        let mut p = LinkMessage::default();
+        p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        p.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+            p.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),
+        ]));
+        self.new_link(m, &format!("create veth {name}/{peer}"))
+    }
+
+    fn set_link(&mut self, m: LinkMessage, op: &str) -> Result<()> {
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK, op)
+            .map(|_| ())
+    }
+
+    /// Sets or clears IFF_UP (and IFF_PROMISC when `promisc` is given).
+    pub fn set_flags(&mut self, index: u32, up: bool, promisc: Option<bool>) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.change_mask = LinkFlags::Up;
+        if up {
+            m.header.flags = LinkFlags::Up;
+        }
+        if let Some(p) = promisc {
+            m.header.change_mask |= LinkFlags::Promisc;
+            if p {
+                m.header.flags |= LinkFlags::Promisc;
+            }
+        }
+        self.set_link(m, "set link flags")
+    }
+
+    pub fn set_master(&mut self, index: u32, master: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Controller(master));
+        self.set_link(m, "set link master")
+    }
+
+    /// Bridge port options (hairpin mode, isolation) of `index`.
+    pub fn set_bridge_port(&mut self, index: u32, hairpin: bool, isolated: bool) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![
+                InfoBridgePort::HairpinMode(hairpin),
+                InfoBridgePort::Isolated(isolated),
+            ])),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_ACK,
+            "set bridge port options",
+        )
+        .map(|_| ())
+    }
+
+    pub fn del_link(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.request(RouteNetlinkMessage::DelLink(m), NLM_F_ACK, "delete link")
+            .map(|_| ())
+    }
+
+    /// Adds `addr` to `index` (with the IPv4 broadcast address, as iproute2 and the reference do).
+    pub fn add_addr(&mut self, index: u32, addr: &IpNet) -> Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(&addr.addr());
+        m.header.prefix_len = addr.prefix_len();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Address(addr.addr()));
+        if let IpNet::V4(v4) = addr {
+            m.attributes.push(AddressAttribute::Local(addr.addr()));
+            if v4.prefix_len() < 31 {
+                m.attributes
+                    .push(AddressAttribute::Broadcast(v4.broadcast()));
+            }
+        }
+        self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add address {addr}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Addresses of `index` (all links when None).
+    pub fn addrs(&mut self, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
+        let m = AddressMessage::default();
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(m),
+            NLM_F_DUMP,
+            "dump addresses",
+        )?;
+        let mut out = Vec::new();
+        for r in msgs {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if index.is_some_and(|i| i != a.header.index) {
+                continue;
+            }
+            let ip = a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip
+                && let Ok(net) = IpNet::new(ip, a.header.prefix_len)
+            {
+                out.push((a.header.index, net));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a route to the main table; a route without gateway gets link scope.
+    pub fn add_route(&mut self, oif: u32, dst: &IpNet, gw: Option<IpAddr>) -> Result<()> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family(&dst.addr());
+        m.header.destination_prefix_length = dst.prefix_len();
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::Boot;
+        m.header.scope = if gw.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        };
+        m.header.kind = RouteType::Unicast;
+        if dst.prefix_len() > 0 {
+            m.attributes
+                .push(RouteAttribute::Destination(RouteAddress::from(
+                    dst.network(),
+                )));
+        }
+        if let Some(gw) = gw {
+            m.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        }
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add route {dst} via {gw:?}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Routes of the main table.
+    pub fn routes(&mut self) -> Result<Vec<RouteEntry>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            let msgs = self.request(RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP, "dump routes")?;
+            for r in msgs {
+                let RouteNetlinkMessage::NewRoute(r) = r else {
+                    continue;
+                };
+                if r.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
+                }
+                let mut dst = None;
+                let mut gw = None;
+                let mut oif = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = route_ip(d),
+                        RouteAttribute::Gateway(g) => gw = route_ip(g),
+                        RouteAttribute::Oif(o) => oif = Some(*o),
+                        _ => {}
+                    }
+                }
+                let dst = match dst {
+                    Some(ip) => IpNet::new(ip, r.header.destination_prefix_length).ok(),
+                    None if fam == AddressFamily::Inet => {
+                        IpNet::new(IpAddr::from([0u8, 0, 0, 0]), 0).ok()
+                    }
+                    None => IpNet::new(IpAddr::from([0u16; 8]), 0).ok(),
+                };
+                if let Some(dst) = dst {
+                    out.push(RouteEntry { dst, gw, oif });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
