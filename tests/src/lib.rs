@@ -15,6 +15,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod cni;
 pub mod console;
+pub mod containerd;
 pub mod mountinfo;
 pub mod netns;
 pub mod probe;
