@@ -99,6 +99,7 @@ pub fn oci_archive(rootfs: &Path, name: &str, out: &Path) -> io::Result<()> {
 
 impl Containerd {
     pub fn start() -> io::Result<Containerd> {
+        let run_dir_existed = Path::new("/run/containerd").exists();
         let dir = tempfile::Builder::new()
             .prefix("keelson-containerd-")
             .tempdir()?;
@@ -123,6 +124,7 @@ impl Containerd {
             dir,
             child,
             namespace: unique::name("kt", "ctd"),
+            run_dir_existed,
         };
         let end = Instant::now() + Duration::from_secs(20);
         while !me.socket().exists() {
