@@ -151,8 +151,9 @@ fn random_veth_name() -> Result<String> {
     Ok(format!("veth{:08x}", u32::from_be_bytes(b)))
 }
 
-/// The bridge, created (and brought up) when missing.
-fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link> {
+/// The bridge, created (and brought up) when missing; true when this call created it.
+fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<(Link, bool)> {
+    let mut created = false;
     let existing = h.link_by_name(&c.bridge).map_err(nl)?;
     let br = match existing {
         Some(l) => {
@@ -166,7 +167,7 @@ fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link> {
         }
         None => {
             match h.add_bridge(&c.bridge, c.mtu, c.vlan != 0) {
-                Ok(()) => {}
+                Ok(()) => created = true,
                 // A concurrent ADD created it first.
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(nl(e)),
@@ -180,7 +181,7 @@ fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<Link> {
         h.set_flags(br.index, true, c.promisc_mode.then_some(true))
             .map_err(nl)?;
     }
-    Ok(br)
+    Ok((br, created))
 }
 
 struct ContainerSide {
@@ -232,6 +233,13 @@ fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
 
 pub struct Bridge;
 
+/// What a failed ADD must remove again.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<u32>,
+    bridge: Option<u32>,
+}
+
 impl Bridge {
     fn add_inner(
         &self,
@@ -240,9 +248,12 @@ impl Bridge {
         c: &BridgeConf,
         h: &mut Handle,
         netns: &File,
-        host_veth: &mut Option<u32>,
+        undo: &mut Undo,
     ) -> Result<CniResult> {
-        let br = ensure_bridge(h, c)?;
+        let (br, created) = ensure_bridge(h, c)?;
+        if created {
+            undo.bridge = Some(br.index);
+        }
         let mtu = c.mtu.or((br.mtu != 0 && br.mtu != 1500).then_some(br.mtu));
 
         // The container side must not exist yet.
@@ -272,7 +283,7 @@ impl Bridge {
             .link_by_name(&name)
             .map_err(nl)?
             .ok_or_else(|| CniError::plugin("host veth vanished after creation"))?;
-        *host_veth = Some(veth.index);
+        undo.host_veth = Some(veth.index);
         h.set_master(veth.index, br.index).map_err(nl)?;
         if c.hairpin_mode || c.port_isolation {
             h.set_bridge_port(veth.index, c.hairpin_mode, c.port_isolation)
@@ -381,7 +392,12 @@ impl Bridge {
 
 impl Plugin for Bridge {
     fn validate(&self, conf: &Value) -> Result<()> {
-        parse(conf).map(|_| ())
+        parse(conf)?;
+        // host-local is ours too: refuse its bad config before anything is created.
+        if conf.pointer("/ipam/type").and_then(Value::as_str) == Some("host-local") {
+            crate::hostlocal::Config::parse(conf)?;
+        }
+        Ok(())
     }
 
     fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
@@ -395,9 +411,19 @@ impl Plugin for Bridge {
             .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS missing"))?;
         let netns = ns::open(path)?;
         let mut h = Handle::new().map_err(nl)?;
-        let mut host_veth = None;
-        let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut host_veth);
+        let mut undo = Undo::default();
+        let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut undo);
+        let (host_veth, created_bridge) = (undo.host_veth, undo.bridge);
         if res.is_err() {
+            // A bridge this ADD created goes too, unless another container joined it meanwhile.
+            if let Some(br) = created_bridge
+                && let Ok(links) = h.links()
+                && !links
+                    .iter()
+                    .any(|l| l.master == Some(br) && Some(l.index) != host_veth)
+            {
+                let _ = h.del_link(br);
+            }
             // Undo: the veth pair (both ends) and any address the IPAM plugin handed out.
             if let Some(idx) = host_veth {
                 let _ = h.del_link(idx);

@@ -1,0 +1,396 @@
+//! The CNI protocol of keelson's plugins: commands, error codes, versions, DEL idempotence,
+//! bad input that changes nothing. Every test runs the plugins inside its own "host" netns.
+
+use keelson_tests::Netns;
+use keelson_tests::cni::{self, Invocation, Plugins, TestNet, invoke, invoke_raw};
+use keelson_tests::unique;
+use serde_json::{Value, json};
+
+fn ours() -> Plugins {
+    Plugins::keelson().expect("keelson CNI plugins")
+}
+
+/// The host netns holds nothing but lo, and no address is allocated.
+fn assert_untouched(net: &TestNet) {
+    assert_eq!(cni::link_names(&net.host).unwrap(), vec!["lo".to_string()]);
+    assert!(net.allocated_ips().is_empty(), "{:?}", net.allocations());
+}
+
+#[test]
+fn version_lists_supported_versions() {
+    let p = ours();
+    let net = TestNet::new("ver").unwrap();
+    for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+        let inv = Invocation {
+            command: "VERSION".into(),
+            ..Default::default()
+        };
+        let out = invoke(&p, plugin, &net.host, &inv, &json!({"cniVersion": "1.1.0"}))
+            .unwrap()
+            .ok();
+        let v = out.json();
+        assert_eq!(v["cniVersion"], "1.1.0", "{plugin}");
+        let sup: Vec<&str> = v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for want in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+            assert!(sup.contains(&want), "{plugin} lacks {want}: {sup:?}");
+        }
+    }
+}
+
+#[test]
+fn add_check_del_in_every_version() {
+    let p = ours();
+    let net = TestNet::new("vers").unwrap();
+    let c = Netns::new("cvers").unwrap();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let id = unique::container_id("v");
+        let conf = net.bridge_conf(version);
+        let inv = Invocation::new("ADD", &id, &c, "eth0");
+        let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+            .unwrap()
+            .ok()
+            .json();
+        assert_eq!(res["cniVersion"], version);
+        let ip = &res["ips"][0];
+        if version.starts_with("0.") {
+            assert_eq!(ip["version"], "4", "{version}: {res}");
+        } else {
+            assert!(ip.get("version").is_none(), "{version}: {res}");
+        }
+        assert_eq!(ip["interface"], 2);
+        assert_eq!(
+            res["interfaces"][2]["sandbox"],
+            c.path().display().to_string()
+        );
+        let mut checked = conf.clone();
+        checked["prevResult"] = res.clone();
+        let out = invoke(
+            &p,
+            "bridge",
+            &net.host,
+            &inv.with_command("CHECK"),
+            &checked,
+        )
+        .unwrap();
+        if version.starts_with("0.3") {
+            assert_eq!(out.code(), Some(1), "CHECK needs 0.4.0: {}", out.stdout);
+        } else {
+            out.ok();
+        }
+        invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &checked)
+            .unwrap()
+            .ok();
+        assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
+    }
+    assert!(net.allocated_ips().is_empty());
+}
+
+#[test]
+fn missing_env_is_code_4() {
+    let p = ours();
+    let net = TestNet::new("env").unwrap();
+    let c = Netns::new("cenv").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    let mut inv = Invocation::new("ADD", "c1", &c, "eth0");
+    inv.netns = None;
+    let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
+    assert!(!out.success);
+    assert_eq!(out.code(), Some(4), "{}", out.stdout);
+    assert!(out.stdout.contains("CNI_NETNS"), "{}", out.stdout);
+
+    let mut inv = Invocation::new("ADD", "c1", &c, "eth0");
+    inv.unset = vec!["CNI_COMMAND"];
+    assert_eq!(
+        invoke(&p, "bridge", &net.host, &inv, &conf).unwrap().code(),
+        Some(4)
+    );
+    let inv = Invocation::new("FROB", "c1", &c, "eth0");
+    assert_eq!(
+        invoke(&p, "bridge", &net.host, &inv, &conf).unwrap().code(),
+        Some(4)
+    );
+    let mut inv = Invocation::new("ADD", "c1", &c, "eth0");
+    inv.unset = vec!["CNI_CONTAINERID"];
+    assert_eq!(
+        invoke(&p, "host-local", &net.host, &inv, &conf)
+            .unwrap()
+            .code(),
+        Some(4)
+    );
+    assert_untouched(&net);
+}
+
+fn refused(p: &Plugins, net: &TestNet, c: &Netns, conf: &Value, code: u64, needle: &str) {
+    let inv = Invocation::new("ADD", "c-bad", c, "eth0");
+    let out = invoke(p, "bridge", &net.host, &inv, conf).unwrap();
+    assert!(!out.success, "accepted: {conf}");
+    assert_eq!(out.code(), Some(code), "{conf}: {}", out.stdout);
+    assert!(out.json()["msg"].is_string());
+    assert!(
+        out.stdout.contains(needle),
+        "{needle:?} not in {}",
+        out.stdout
+    );
+    assert_untouched(net);
+    assert_eq!(cni::link_names(c).unwrap(), vec!["lo".to_string()]);
+}
+
+#[test]
+fn bad_configs_get_the_right_code_and_change_nothing() {
+    let p = ours();
+    let net = TestNet::new("bad").unwrap();
+    let c = Netns::new("cbad").unwrap();
+
+    let inv = Invocation::new("ADD", "c-bad", &c, "eth0");
+    let out = invoke_raw(&p, "bridge", &net.host, &inv, b"{\"cniVersion\": ").unwrap();
+    assert_eq!(out.code(), Some(6), "{}", out.stdout);
+    assert_untouched(&net);
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["frobnicate"] = json!(true);
+    refused(&p, &net, &c, &conf, 2, "frobnicate");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.300.0.0/24"}]]);
+    refused(&p, &net, &c, &conf, 7, "10.300.0.0/24");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.201.0.0/31"}]]);
+    refused(&p, &net, &c, &conf, 7, "too small");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["bridge"] = json!("abcdefghijklmnop");
+    refused(&p, &net, &c, &conf, 7, "abcdefghijklmnop");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["cniVersion"] = json!("0.2.0");
+    refused(&p, &net, &c, &conf, 1, "0.2.0");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["mtu"] = json!("big");
+    refused(&p, &net, &c, &conf, 7, "big");
+
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["ipam"]["gateway"] = json!("10.9.9.9");
+    conf["ipam"]["subnet"] = json!("10.202.0.0/24");
+    refused(&p, &net, &c, &conf, 7, "not in network");
+}
+
+#[test]
+fn del_is_idempotent() {
+    let p = ours();
+    let net = TestNet::new("del").unwrap();
+    let c = Netns::new("cdel").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", "c-del", &c, "eth0");
+    let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = res;
+    let del = inv.with_command("DEL");
+    invoke(&p, "bridge", &net.host, &del, &with_prev)
+        .unwrap()
+        .ok();
+    // Repeated, without prevResult, with an empty and with a vanished netns.
+    invoke(&p, "bridge", &net.host, &del, &with_prev)
+        .unwrap()
+        .ok();
+    invoke(&p, "bridge", &net.host, &del, &conf).unwrap().ok();
+    let mut empty = del.clone();
+    empty.netns = Some(String::new());
+    invoke(&p, "bridge", &net.host, &empty, &conf).unwrap().ok();
+    let mut unset = del.clone();
+    unset.netns = None;
+    invoke(&p, "bridge", &net.host, &unset, &conf).unwrap().ok();
+
+    // ADD, then the container's netns disappears before DEL.
+    let c2 = Netns::new("cdel2").unwrap();
+    let inv2 = Invocation::new("ADD", "c-del2", &c2, "eth0");
+    invoke(&p, "bridge", &net.host, &inv2, &conf).unwrap().ok();
+    drop(c2);
+    invoke(&p, "bridge", &net.host, &inv2.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+    invoke(
+        &p,
+        "loopback",
+        &net.host,
+        &inv2.with_command("DEL"),
+        &json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}),
+    )
+    .unwrap()
+    .ok();
+    assert!(net.allocated_ips().is_empty(), "{:?}", net.allocations());
+    // Deleting a netns removes its veth end and with it the host end (asynchronously, in the
+    // kernel's netns cleanup work).
+    let want = vec![net.bridge.clone(), "lo".to_string()];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut links = cni::link_names(&net.host).unwrap();
+    while links != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        links = cni::link_names(&net.host).unwrap();
+    }
+    assert_eq!(links, want);
+}
+
+#[test]
+fn exhausted_range_is_a_clear_error_and_leaves_nothing() {
+    let p = ours();
+    let net = TestNet::new("exh").unwrap();
+    let c1 = Netns::new("cexh1").unwrap();
+    let c2 = Netns::new("cexh2").unwrap();
+    let mut conf = net.bridge_conf("1.0.0");
+    // A /30 holds .1 (gateway) and .2 only.
+    conf["ipam"]["ranges"] = json!([[{"subnet": format!("{}.0/30", net.prefix)}]]);
+    invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-e1", &c1, "eth0"),
+        &conf,
+    )
+    .unwrap()
+    .ok();
+    let out = invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-e2", &c2, "eth0"),
+        &conf,
+    )
+    .unwrap();
+    assert!(!out.success);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no IP addresses available"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(cni::link_names(&c2).unwrap(), vec!["lo".to_string()]);
+    assert_eq!(net.allocated_ips(), vec![format!("{}.2", net.prefix)]);
+    let links = cni::link_names(&net.host).unwrap();
+    assert_eq!(links.len(), 3, "bridge, lo and c1's veth only: {links:?}");
+}
+
+#[test]
+fn loopback_up_and_down() {
+    let p = ours();
+    let net = TestNet::new("lo").unwrap();
+    let c = Netns::new("clo").unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    let inv = Invocation::new("ADD", "c-lo", &c, "lo");
+    let res = invoke(&p, "loopback", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    assert_eq!(res["interfaces"][0]["name"], "lo");
+    assert_eq!(res["ips"][0]["address"], "127.0.0.1/8");
+    assert!(cni::ping(&c, "127.0.0.1").unwrap());
+    let mut checked = conf.clone();
+    checked["prevResult"] = res;
+    invoke(
+        &p,
+        "loopback",
+        &net.host,
+        &inv.with_command("CHECK"),
+        &checked,
+    )
+    .unwrap()
+    .ok();
+    invoke(&p, "loopback", &net.host, &inv.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+    let v = cni::ip_json(&c, &["link", "show", "lo"]).unwrap();
+    let flags = v[0]["flags"].as_array().unwrap();
+    assert!(!flags.iter().any(|f| f == "UP"), "{flags:?}");
+}
+
+#[test]
+fn status_and_gc() {
+    let p = ours();
+    let net = TestNet::new("gc").unwrap();
+    let c = Netns::new("cgc").unwrap();
+    let conf = net.bridge_conf("1.1.0");
+    let keep = Invocation::new("ADD", "c-keep", &c, "eth0");
+    invoke(&p, "bridge", &net.host, &keep, &conf).unwrap().ok();
+    let stale = Invocation::new("ADD", "c-stale", &c, "eth1");
+    invoke(&p, "host-local", &net.host, &stale, &conf)
+        .unwrap()
+        .ok();
+    assert_eq!(net.allocated_ips().len(), 2);
+    let st = Invocation {
+        command: "STATUS".into(),
+        ..Default::default()
+    };
+    invoke(&p, "bridge", &net.host, &st, &conf).unwrap().ok();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c-keep", "ifname": "eth0"}]);
+    let inv = Invocation {
+        command: "GC".into(),
+        ..Default::default()
+    };
+    let mut with_path = inv.clone();
+    with_path.container_id = String::new();
+    invoke(&p, "bridge", &net.host, &with_path, &gc)
+        .unwrap()
+        .ok();
+    assert_eq!(net.allocated_ips(), vec![format!("{}.2", net.prefix)]);
+    // STATUS and GC need 1.1.0.
+    let out = invoke(&p, "bridge", &net.host, &st, &net.bridge_conf("1.0.0")).unwrap();
+    assert_eq!(out.code(), Some(1));
+}
+
+#[test]
+fn concurrent_allocations_are_distinct() {
+    let p = ours();
+    let net = TestNet::new("race").unwrap();
+    let c = Netns::new("crace").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let (p, net, c, conf) = (&p, &net, &c, &conf);
+                s.spawn(move || {
+                    let inv = Invocation::new("ADD", &format!("c-race-{i}"), c, "eth0");
+                    let v = invoke(p, "host-local", &net.host, &inv, conf)
+                        .unwrap()
+                        .ok()
+                        .json();
+                    v["ips"][0]["address"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut uniq = ips.clone();
+    uniq.sort();
+    uniq.dedup();
+    assert_eq!(uniq.len(), 16, "{ips:?}");
+    assert_eq!(net.allocated_ips().len(), 16);
+}
+
+#[test]
+fn portmap_is_refused_as_unimplemented() {
+    let p = ours();
+    let net = TestNet::new("pm").unwrap();
+    let c = Netns::new("cpm").unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.203.0.2/24"}]}});
+    let inv = Invocation::new("ADD", "c-pm", &c, "eth0");
+    let out = invoke(&p, "portmap", &net.host, &inv, &conf).unwrap();
+    assert!(!out.success);
+    assert!(out.stdout.contains("unimplemented"), "{}", out.stdout);
+    invoke(&p, "portmap", &net.host, &inv.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+}
