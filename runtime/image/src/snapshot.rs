@@ -1,0 +1,326 @@
+//! Snapshots on overlayfs.
+//!
+//! - `committed/<chain-id hex>/`: one unpacked layer, read-only from then on, keyed by chain
+//!   ID so two images that share a layer stack share the directory. Unpack happens in
+//!   `tmp/<hex>` under `locks/<hex>.lock` and is renamed into place after a `syncfs`, so a crash
+//!   never leaves a half layer under `committed/`.
+//! - `active/<key>/`: a container's writable layer, `upper/` + `work/` and `snapshot.json`
+//!   naming its parent chain; mounted as overlay over the committed layers.
+//!
+//! References are counted from what points at a snapshot (image records, active snapshots)
+//! when garbage is collected, not by stored counters that a crash could leave wrong.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result, io_err};
+use crate::fsutil::{self, FileLock};
+
+/// The snapshotter's directory.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    root: PathBuf,
+}
+
+/// A container's writable snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActiveSnapshot {
+    pub key: String,
+    /// Chain IDs of the layers below, bottom first.
+    pub parents: Vec<Digest>,
+    /// Where it is mounted, if it is.
+    #[serde(default)]
+    pub mountpoint: Option<PathBuf>,
+}
+
+fn valid_key(key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.len() > 200
+        || key.starts_with('.')
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(Error::Snapshot {
+            key: key.to_string(),
+            reason: "a key is 1-200 characters of [A-Za-z0-9._-], not starting with '.'".into(),
+        });
+    }
+    Ok(())
+}
+
+impl Snapshotter {
+    pub fn open(root: &Path) -> Result<Self> {
+        for d in ["committed", "tmp", "locks", "active"] {
+            fsutil::mkdir_p(&root.join(d))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The directory of a committed layer.
+    pub fn committed_path(&self, chain: &Digest) -> PathBuf {
+        self.root.join("committed").join(chain.hex())
+    }
+
+    pub fn has_committed(&self, chain: &Digest) -> bool {
+        self.committed_path(chain).is_dir()
+    }
+
+    /// Commits a layer once: runs `unpack` into a fresh temp dir under the chain's lock and
+    /// renames it into place. Returns false when it was already committed.
+    pub fn commit_with(
+        &self,
+        chain: &Digest,
+        unpack: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<bool> {
+        if self.has_committed(chain) {
+            return Ok(false);
+        }
+        let _lock = FileLock::exclusive(
+            &self
+                .root
+                .join("locks")
+                .join(format!("{}.lock", chain.hex())),
+        )?;
+        if self.has_committed(chain) {
+            return Ok(false);
+        }
+        let tmp = self.root.join("tmp").join(chain.hex());
+        remove_tree(&tmp)?;
+        fs::create_dir(&tmp).map_err(io_err("mkdir", &tmp))?;
+        if let Err(e) = unpack(&tmp) {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        let dir = fs::File::open(&tmp).map_err(io_err("open", &tmp))?;
+        nix::unistd::syncfs(&dir).map_err(|e| io_err("syncfs", &tmp)(e.into()))?;
+        let target = self.committed_path(chain);
+        fs::rename(&tmp, &target).map_err(io_err("rename", &target))?;
+        fsutil::sync_dir(&self.root.join("committed"))?;
+        Ok(true)
+    }
+
+    /// Committed chain IDs on disk.
+    pub fn list_committed(&self) -> Result<Vec<Digest>> {
+        let dir = self.root.join("committed");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
+            let e = e.map_err(io_err("read dir", &dir))?;
+            if let Some(n) = e.file_name().to_str()
+                && let Ok(d) = Digest::parse(&format!("sha256:{n}"))
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a committed layer (the caller made sure nothing refers to it).
+    pub fn remove_committed(&self, chain: &Digest) -> Result<()> {
+        let _lock = FileLock::exclusive(
+            &self
+                .root
+                .join("locks")
+                .join(format!("{}.lock", chain.hex())),
+        )?;
+        let p = self.committed_path(chain);
+        // Rename first so a crash never leaves a half-deleted layer under committed/.
+        let trash = self.root.join("tmp").join(format!("rm-{}", chain.hex()));
+        match fs::rename(&p, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("rename", &p)(e)),
+        }
+        remove_tree(&trash)?;
+        let _ = fs::remove_file(
+            self.root
+                .join("locks")
+                .join(format!("{}.lock", chain.hex())),
+        );
+        Ok(())
+    }
+
+    /// Removes leftovers of interrupted unpacks (call with the store's exclusive lock held).
+    pub fn clean_tmp(&self) -> Result<()> {
+        let dir = self.root.join("tmp");
+        for e in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
+            let e = e.map_err(io_err("read dir", &dir))?;
+            remove_tree(&e.path())?;
+        }
+        Ok(())
+    }
+
+    fn active_dir(&self, key: &str) -> PathBuf {
+        self.root.join("active").join(key)
+    }
+
+    /// Creates a writable snapshot over `parents` (chain IDs, bottom first).
+    pub fn prepare(&self, key: &str, parents: &[Digest]) -> Result<ActiveSnapshot> {
+        valid_key(key)?;
+        for p in parents {
+            if !self.has_committed(p) {
+                return Err(Error::SnapshotNotFound(p.to_string()));
+            }
+        }
+        let dir = self.active_dir(key);
+        if dir.exists() {
+            return Err(Error::SnapshotExists(key.to_string()));
+        }
+        let tmp = self.root.join("tmp").join(format!("active-{key}"));
+        remove_tree(&tmp)?;
+        for d in ["upper", "work"] {
+            fsutil::mkdir_p(&tmp.join(d))?;
+        }
+        let snap = ActiveSnapshot {
+            key: key.to_string(),
+            parents: parents.to_vec(),
+            mountpoint: None,
+        };
+        let json =
+            serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
+        fsutil::write_atomic(&tmp.join("snapshot.json"), &json)?;
+        match fs::rename(&tmp, &dir) {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY)
+                {
+                    return Err(Error::SnapshotExists(key.to_string()));
+                }
+                return Err(io_err("rename", &dir)(e));
+            }
+        }
+        fsutil::sync_dir(&self.root.join("active"))?;
+        Ok(snap)
+    }
+
+    /// Reads an active snapshot.
+    pub fn get_active(&self, key: &str) -> Result<ActiveSnapshot> {
+        valid_key(key)?;
+        let p = self.active_dir(key).join("snapshot.json");
+        let data = fs::read(&p).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::SnapshotNotFound(key.to_string())
+            } else {
+                io_err("read", &p)(e)
+            }
+        })?;
+        serde_json::from_slice(&data)
+            .map_err(|e| crate::error::malformed(p.display().to_string(), e))
+    }
+
+    /// All active snapshots.
+    pub fn list_active(&self) -> Result<Vec<ActiveSnapshot>> {
+        let dir = self.root.join("active");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
+            let e = e.map_err(io_err("read dir", &dir))?;
+            if let Some(k) = e.file_name().to_str()
+                && let Ok(s) = self.get_active(k)
+            {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The overlay mount options of an active snapshot.
+    pub fn mount_options(&self, snap: &ActiveSnapshot) -> String {
+        let dir = self.active_dir(&snap.key);
+        let lower: Vec<String> = snap
+            .parents
+            .iter()
+            .rev()
+            .map(|c| self.committed_path(c).display().to_string())
+            .collect();
+        if lower.is_empty() {
+            // overlay needs a lower dir: an empty one inside the snapshot.
+            return String::new();
+        }
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            dir.join("upper").display(),
+            dir.join("work").display()
+        )
+    }
+
+    /// Mounts an active snapshot at `target` (overlay; a bind of `upper/` when it has no parents).
+    pub fn mount(&self, key: &str, target: &Path) -> Result<ActiveSnapshot> {
+        let mut snap = self.get_active(key)?;
+        let dir = self.active_dir(key);
+        let opts = self.mount_options(&snap);
+        let res = if opts.is_empty() {
+            nix::mount::mount(
+                Some(&dir.join("upper")),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        } else {
+            nix::mount::mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+        };
+        res.map_err(|e| Error::Snapshot {
+            key: key.to_string(),
+            reason: format!("mount at {}: {e}", target.display()),
+        })?;
+        snap.mountpoint = Some(target.to_path_buf());
+        let json =
+            serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
+        fsutil::write_atomic(&dir.join("snapshot.json"), &json)?;
+        Ok(snap)
+    }
+
+    /// Unmounts an active snapshot if it is mounted.
+    pub fn unmount(&self, key: &str) -> Result<()> {
+        let mut snap = self.get_active(key)?;
+        if let Some(m) = snap.mountpoint.take() {
+            match nix::mount::umount2(&m, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => {
+                    return Err(Error::Snapshot {
+                        key: key.to_string(),
+                        reason: format!("unmount {}: {e}", m.display()),
+                    });
+                }
+            }
+            let json = serde_json::to_vec_pretty(&snap)
+                .map_err(|e| crate::error::malformed("snapshot", e))?;
+            fsutil::write_atomic(&self.active_dir(key).join("snapshot.json"), &json)?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts and removes an active snapshot.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        self.unmount(key)?;
+        let dir = self.active_dir(key);
+        let trash = self.root.join("tmp").join(format!("rm-active-{key}"));
+        fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
+        remove_tree(&trash)
+    }
+}
+
+/// Removes a tree, fine if it is missing. Never follows symlinks (`remove_dir_all` does not).
+pub fn remove_tree(p: &Path) -> Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p).map_err(io_err("remove", p)),
+        Ok(_) => fs::remove_file(p).map_err(io_err("remove", p)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("lstat", p)(e)),
+    }
+}
