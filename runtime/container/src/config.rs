@@ -186,20 +186,6 @@ impl Config {
                 ));
             }
         }
-        if spec.hooks().as_ref().is_some_and(|h| {
-            [
-                h.prestart().as_ref().map(Vec::len),
-                h.create_runtime().as_ref().map(Vec::len),
-                h.create_container().as_ref().map(Vec::len),
-                h.start_container().as_ref().map(Vec::len),
-                h.poststart().as_ref().map(Vec::len),
-                h.poststop().as_ref().map(Vec::len),
-            ]
-            .iter()
-            .any(|n| n.unwrap_or(0) > 0)
-        }) {
-            return Err(Error::Unimplemented("hooks".into()));
-        }
         let linux = spec
             .linux()
             .as_ref()

@@ -3,6 +3,7 @@
 use crate::cgroups::Layout;
 use crate::config;
 use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookState, Kind};
 use crate::init::{self, InitArgs};
 use crate::process;
 use crate::state::{
@@ -194,6 +195,13 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
                     init::write_id_maps(&cfg, p1.as_raw())?;
                     parent.send(tag::MAPPED, &[])?;
                 }
+                tag::HOOKS => {
+                    let pid = msg.pid.unwrap_or(0);
+                    let st = hook_state(&cfg.spec, &opts.id, &cfg.bundle, pid, "creating");
+                    hooks::run(&cfg.spec, Kind::Prestart, &st)?;
+                    hooks::run(&cfg.spec, Kind::CreateRuntime, &st)?;
+                    parent.send(tag::HOOKS_DONE, pid.to_string().as_bytes())?;
+                }
                 tag::READY => {
                     return msg
                         .pid
@@ -290,7 +298,33 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         }
     }
     fs::remove_file(&fifo_path).ctx(|| "removing exec fifo")?;
+    if let Ok(spec) = crate::exec::container_spec(root, id) {
+        let st = hook_state(&spec, id, &state.bundle, state.pid, "running");
+        hooks::run_warn(&spec, Kind::Poststart, &st);
+    }
     Ok(())
+}
+
+fn hook_state(
+    spec: &oci_spec::runtime::Spec,
+    id: &str,
+    bundle: &Path,
+    pid: i32,
+    status: &str,
+) -> HookState {
+    HookState {
+        oci_version: spec.version().clone(),
+        id: id.to_string(),
+        status: status.into(),
+        pid,
+        bundle: bundle.to_path_buf(),
+        annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
 }
 
 pub fn state(root: &Path, id: &str) -> Result<StateOutput> {
@@ -461,12 +495,17 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
     destroy(root, &state)
 }
 
-/// Removes what a stopped container still holds: leftover processes, cgroups, state dir.
+/// Removes what a stopped container still holds: leftover processes, cgroups, state dir;
+/// then runs the poststop hooks.
 fn destroy(root: &Path, state: &State) -> Result<()> {
     for pid in state.cgroups.pids().unwrap_or_default() {
         raw_kill(pid, libc::SIGKILL)?;
     }
     state.cgroups.destroy()?;
+    if let Ok(spec) = crate::exec::container_spec(root, &state.id) {
+        let st = hook_state(&spec, &state.id, &state.bundle, 0, "stopped");
+        hooks::run_warn(&spec, Kind::Poststop, &st);
+    }
     fs::remove_dir_all(State::dir(root, &state.id)).ctx(|| "removing state dir")
 }
 

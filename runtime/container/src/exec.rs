@@ -182,6 +182,7 @@ fn exec_stage1(
                 console,
                 preserve_fds,
                 fifo_dir: None,
+                start_hooks: None,
             };
             let e = match exec_process(process, &tail) {
                 Ok(never) => match never {},

@@ -11,6 +11,7 @@
 use crate::cgroups::Cgroups;
 use crate::config::Config;
 use crate::error::{Context, Error, Result};
+use crate::hooks::{self, HookState, Kind};
 use crate::process;
 use crate::rootfs;
 use crate::state::EXEC_FIFO;
@@ -128,8 +129,32 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         .as_ref()
         .ok_or_else(|| Error::Config("process must be set".into()))?;
     let _ = setsid();
+    let has = |k| !hooks::hooks_of(&cfg.spec, k).is_empty();
+    let wants_hooks = [
+        Kind::Prestart,
+        Kind::CreateRuntime,
+        Kind::CreateContainer,
+        Kind::StartContainer,
+    ]
+    .into_iter()
+    .any(has);
+    let mut host_pid = 0;
+    let mut before_pivot = || -> Result<()> {
+        if !wants_hooks {
+            return Ok(());
+        }
+        // prestart and createRuntime run in the runtime's namespaces: the parent runs them.
+        chan.send(tag::HOOKS, &[])?;
+        let msg = chan.expect(tag::HOOKS_DONE)?;
+        host_pid = String::from_utf8_lossy(&msg.payload).parse().unwrap_or(0);
+        hooks::run(
+            &cfg.spec,
+            Kind::CreateContainer,
+            &hook_state(args, host_pid, "created"),
+        )
+    };
     if cfg.new_ns(LinuxNamespaceType::Mount) {
-        rootfs::setup(cfg, args.cgroups, args.no_pivot)?;
+        rootfs::setup(cfg, args.cgroups, args.no_pivot, &mut before_pivot)?;
     } else {
         return Err(Error::Unimplemented(
             "joining an existing mount namespace".into(),
@@ -169,8 +194,28 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         console: args.console.as_ref(),
         preserve_fds: args.preserve_fds,
         fifo_dir: Some(args.state_dir),
+        start_hooks: has(Kind::StartContainer)
+            .then(|| (&cfg.spec, hook_state(args, host_pid, "created"))),
     };
     exec_process(process, &tail)
+}
+
+fn hook_state(args: &InitArgs, pid: i32, status: &str) -> HookState {
+    HookState {
+        oci_version: args.cfg.spec.version().clone(),
+        id: args.id.to_string(),
+        status: status.into(),
+        pid,
+        bundle: args.cfg.bundle.clone(),
+        annotations: args
+            .cfg
+            .spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// What differs between the container's init and a process exec'd into it at the end.
@@ -182,6 +227,8 @@ pub struct Tail<'a> {
     pub preserve_fds: u32,
     /// The state dir holding the exec fifo, for the init (which waits for `start`).
     pub fifo_dir: Option<&'a OwnedFd>,
+    /// startContainer hooks to run after `start`, before the program is exec'd.
+    pub start_hooks: Option<(&'a oci_spec::runtime::Spec, HookState)>,
 }
 
 /// Takes on the process's identity and limits, reports READY, waits for `start` (init only)
@@ -229,6 +276,14 @@ pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infa
         .ctx(|| "opening exec fifo")?;
         nix::unistd::write(&fifo, b"0").ctx(|| "writing exec fifo")?;
         drop(fifo);
+    }
+    if let Some((spec, state)) = &tail.start_hooks {
+        if let Err(e) = hooks::run(spec, Kind::StartContainer, state) {
+            // `start` has returned: stderr is where this can still be seen.
+            eprintln!("keelson: {e}");
+            // SAFETY: see intermediate().
+            unsafe { libc::_exit(1) }
+        }
     }
     let e = match execve(&c_prog[0], &c_args, &c_env) {
         Ok(never) => match never {},

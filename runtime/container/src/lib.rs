@@ -13,6 +13,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod fsutil;
+pub mod hooks;
 pub mod init;
 pub mod mount_opts;
 pub mod process;

@@ -19,7 +19,12 @@ type NoStr = Option<&'static str>;
 const NONE: NoStr = None;
 
 /// Prepares the rootfs and switches to it. On return the process's `/` is the container's.
-pub fn setup(cfg: &Config, cgroups: &Cgroups, no_pivot: bool) -> Result<()> {
+pub fn setup(
+    cfg: &Config,
+    cgroups: &Cgroups,
+    no_pivot: bool,
+    before_pivot: &mut dyn FnMut() -> Result<()>,
+) -> Result<()> {
     let linux = cfg.spec.linux().as_ref();
     let rootfs = &cfg.rootfs;
     let prop = linux
@@ -57,6 +62,7 @@ pub fn setup(cfg: &Config, cgroups: &Cgroups, no_pivot: bool) -> Result<()> {
             fs::create_dir_all(&cwd).ctx(|| format!("creating cwd {}", p.cwd().display()))?;
         }
     }
+    before_pivot()?;
     if no_pivot {
         move_root(rootfs)
     } else {

@@ -22,6 +22,10 @@ pub mod tag {
     pub const READY: u8 = b'R';
     /// child -> parent: failed; the payload says why.
     pub const ERROR: u8 = b'E';
+    /// init -> parent: namespaces and mounts are ready, run prestart/createRuntime hooks.
+    pub const HOOKS: u8 = b'H';
+    /// parent -> init: hooks ran; the payload is the init's pid as the host sees it.
+    pub const HOOKS_DONE: u8 = b'D';
 }
 
 pub struct Channel {

@@ -12,7 +12,7 @@ pub fn render() -> String {
     let v = json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.0.2-dev",
-        "hooks": [],
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": [
             "async", "atime", "bind", "dev", "diratime", "dirsync", "exec", "loud", "mand",
             "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
