@@ -92,7 +92,9 @@ impl MetaStore {
         for e in fs::read_dir(&self.dir).map_err(io_err("read dir", &self.dir))? {
             let e = e.map_err(io_err("read dir", &self.dir))?;
             let p = e.path();
-            if p.extension().is_none_or(|x| x != "json") {
+            if p.extension().is_none_or(|x| x != "json")
+                || e.file_name().to_string_lossy().starts_with(".tmp-")
+            {
                 continue;
             }
             let data = fs::read(&p).map_err(io_err("read", &p))?;

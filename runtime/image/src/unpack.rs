@@ -160,16 +160,15 @@ pub fn unpack_layer(
     };
     for entry in archive.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;
-        u.entry(entry).map_err(|e| match e {
-            Error::Io { ref source, .. }
-                if exceeded.get() || source.kind() == io::ErrorKind::Other && exceeded.get() =>
-            {
+        u.entry(entry).map_err(|e| {
+            if exceeded.get() {
                 Error::LayerTooLarge {
                     layer: layer.to_string(),
                     limit: opts.max_uncompressed,
                 }
+            } else {
+                e
             }
-            other => other,
         })?;
         if exceeded.get() {
             return Err(Error::LayerTooLarge {
@@ -186,6 +185,12 @@ pub fn unpack_layer(
     u.stats.diff_id = Some(diff_id);
     u.stats.uncompressed_bytes = n;
     Ok(u.stats)
+}
+
+enum ParentCheck {
+    Ok,
+    Symlink,
+    Missing,
 }
 
 struct DirMeta {
@@ -397,8 +402,18 @@ impl Unpacker {
                 if trel.as_os_str().is_empty() {
                     return Err(self.hostile(&rel, "hard link to the layer root"));
                 }
-                self.check_no_symlink_parents(&trel)
-                    .map_err(|_| self.hostile(&rel, "hard link target traverses a symlink"))?;
+                match self.check_no_symlink_parents(&trel) {
+                    ParentCheck::Ok => {}
+                    ParentCheck::Symlink => {
+                        return Err(self.hostile(&rel, "hard link target traverses a symlink"));
+                    }
+                    ParentCheck::Missing => {
+                        return Err(self.hostile(
+                            &rel,
+                            format!("hard link target {} is not in this layer", trel.display()),
+                        ));
+                    }
+                }
                 let tfull = self.dest.join(&trel);
                 match fs::symlink_metadata(&tfull) {
                     Ok(m) if m.is_dir() => {
@@ -463,18 +478,19 @@ impl Unpacker {
         Ok(libc::makedev(major, minor))
     }
 
-    fn check_no_symlink_parents(&self, rel: &Path) -> std::result::Result<(), ()> {
+    fn check_no_symlink_parents(&self, rel: &Path) -> ParentCheck {
         let mut cur = self.dest.clone();
         if let Some(parent) = rel.parent() {
             for c in parent.components() {
                 cur.push(c);
                 match fs::symlink_metadata(&cur) {
                     Ok(m) if m.is_dir() => {}
-                    _ => return Err(()),
+                    Ok(m) if m.file_type().is_symlink() => return ParentCheck::Symlink,
+                    _ => return ParentCheck::Missing,
                 }
             }
         }
-        Ok(())
+        ParentCheck::Ok
     }
 
     fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {

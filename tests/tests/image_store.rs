@@ -1,0 +1,220 @@
+//! The store's life: records survive a reopen, remove by tag or ID, garbage collection frees
+//! exactly what nothing uses, a snapshot in use keeps its layers, offline import.
+
+use std::fs;
+use std::process::Command;
+
+use keelson_image::{AuthConfig, Error, ImageStore, StoreConfig};
+use keelson_tests::images::{
+    Compression, ImageSpec, LayerBuilder, Layout, MountDir, busybox_three_layers,
+    keelson_image_binary,
+};
+use keelson_tests::registry::Registry;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn image(label: &str) -> ImageSpec {
+    let base = LayerBuilder::busybox_base().unwrap().finish();
+    let top = LayerBuilder::new().file("label", label.as_bytes()).finish();
+    ImageSpec::new(vec![(base, Compression::Gzip), (top, Compression::Gzip)])
+}
+
+fn count(dir: &std::path::Path) -> usize {
+    fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn remove_and_gc_respect_sharing_and_snapshots_in_use() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("one"), "one").unwrap();
+    layout.add_tagged(&image("two"), "two").unwrap();
+    reg.push_layout(layout.path(), "one", "kt/a", &[]).unwrap();
+    reg.push_layout(layout.path(), "two", "kt/b", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    let rt = rt();
+    let a = format!("{}/kt/a:one", reg.addr());
+    let b = format!("{}/kt/b:two", reg.addr());
+    let ia = rt.block_on(store.pull(&a, &AuthConfig::default())).unwrap();
+    rt.block_on(store.pull(&b, &AuthConfig::default())).unwrap();
+    let blobs = root.join("content/blobs/sha256");
+    let committed = root.join("snapshots/committed");
+    // 2 manifests + 2 configs + shared base + 2 tops
+    assert_eq!(count(&blobs), 7);
+    assert_eq!(count(&committed), 3);
+
+    // A reopened store (a restarted process) sees the same images.
+    let reopened = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    assert_eq!(reopened.list().unwrap(), store.list().unwrap());
+
+    // A container uses image a.
+    let mnt = MountDir::new().unwrap();
+    store.prepare_snapshot("ctr-a", &a).unwrap();
+    store.mount_snapshot("ctr-a", mnt.path()).unwrap();
+    fs::write(mnt.path().join("written-by-container"), b"x").unwrap();
+
+    // Remove a by ID: its names go, its layers stay while the container runs.
+    let removed = store.remove(&ia.id.to_string()).unwrap();
+    assert_eq!(removed.id, ia.id);
+    assert!(matches!(store.get(&a), Err(Error::ImageNotFound(_))));
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert_eq!(count(&committed), 3, "layers of a snapshot in use are kept");
+    assert_eq!(fs::read(mnt.path().join("label")).unwrap(), b"one");
+    assert_eq!(count(&blobs), 4, "a's manifest, config and top blob freed");
+
+    // The container goes: a's top layer is freed, the shared base stays for b.
+    store.remove_snapshot("ctr-a").unwrap();
+    store.gc().unwrap();
+    assert_eq!(count(&committed), 2);
+    assert!(!mnt.path().join("label").exists(), "unmounted");
+
+    // Remove b by tag: everything goes.
+    store.remove(&b).unwrap();
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(count(&blobs), 0);
+    assert_eq!(count(&committed), 0);
+    assert_eq!(count(&root.join("snapshots/active")), 0);
+    assert!(matches!(store.remove(&b), Err(Error::ImageNotFound(_))));
+}
+
+#[test]
+fn import_oci_layout_oci_archive_and_docker_archive() {
+    let mut layout = Layout::new().unwrap();
+    let spec = ImageSpec::new(busybox_three_layers(Compression::Gzip).unwrap());
+    let d = layout.add_tagged(&spec, "v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+
+    // A layout whose ref name is only a tag needs a name.
+    let err = store.import(layout.path(), None).unwrap_err();
+    assert!(err.to_string().contains("give a name"), "{err}");
+    let imgs = store
+        .import(layout.path(), Some("kt.local/imported:dir"))
+        .unwrap();
+    assert_eq!(imgs[0].repo_tags, vec!["kt.local/imported:dir".to_string()]);
+    assert_eq!(imgs[0].manifest.to_string(), d["digest"].as_str().unwrap());
+
+    let archive = dir.path().join("oci.tar");
+    layout.write_archive(&archive).unwrap();
+    let imgs = store
+        .import(&archive, Some("kt.local/imported:archive"))
+        .unwrap();
+    assert_eq!(imgs[0].manifest.to_string(), d["digest"].as_str().unwrap());
+
+    let docker = dir.path().join("docker.tar");
+    layout
+        .write_docker_archive("v1", &docker, "kt.local/imported:docker")
+        .unwrap();
+    let imgs = store.import(&docker, None).unwrap();
+    // Same config: the same image ID (now with three names) and the same snapshots.
+    assert!(
+        imgs[0]
+            .repo_tags
+            .contains(&"kt.local/imported:docker".to_string()),
+        "{imgs:?}"
+    );
+    assert_eq!(imgs[0].repo_tags.len(), 3);
+    assert_eq!(
+        imgs[0].chain_ids,
+        store.get("kt.local/imported:dir").unwrap().chain_ids
+    );
+
+    let mnt = MountDir::new().unwrap();
+    store
+        .prepare_snapshot("imp", "kt.local/imported:docker")
+        .unwrap();
+    store.mount_snapshot("imp", mnt.path()).unwrap();
+    let b = fs::read(mnt.path().join("data/b"));
+    let gone = mnt.path().join("data/a").exists();
+    store.remove_snapshot("imp").unwrap();
+    assert_eq!(b.unwrap(), b"b\n");
+    assert!(!gone);
+}
+
+#[test]
+fn import_refuses_corrupted_and_malformed_input() {
+    let mut layout = Layout::new().unwrap();
+    let d = layout.add_tagged(&image("bad"), "v1").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.blob_path(d["digest"].as_str().unwrap())).unwrap())
+            .unwrap();
+    let layer = manifest["layers"][1]["digest"].as_str().unwrap();
+    let p = layout.blob_path(layer);
+    let mut data = fs::read(&p).unwrap();
+    let n = data.len();
+    data[n / 2] ^= 0xff;
+    fs::write(&p, data).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+    let err = store
+        .import(layout.path(), Some("kt.local/bad:v1"))
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+    assert!(store.list().unwrap().is_empty());
+    assert_eq!(
+        count(&dir.path().join("root/content/blobs/sha256")),
+        0,
+        "nothing kept"
+    );
+
+    let junk = dir.path().join("junk.tar");
+    fs::write(&junk, b"not a tar at all").unwrap();
+    assert!(store.import(&junk, Some("kt.local/junk:v1")).is_err());
+    fs::write(layout.path().join("index.json"), b"{not json").unwrap();
+    let err = store
+        .import(layout.path(), Some("kt.local/bad:v1"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Malformed { .. }), "{err}");
+    assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn cli_pull_ls_mount_rm() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("cli"), "v1").unwrap();
+    reg.push_layout(layout.path(), "v1", "kt/cli", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let bin = keelson_image_binary().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let name = format!("{}/kt/cli:v1", reg.addr());
+    let (code, id, err) = run(&["pull", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(id.trim().starts_with("sha256:"));
+    let (_, ls, _) = run(&["ls"]);
+    assert!(ls.contains(&name), "{ls}");
+    let mnt = MountDir::new().unwrap();
+    let (code, _, err) = run(&["mount", &name, "cli", mnt.path().to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(fs::read(mnt.path().join("label")).unwrap(), b"cli");
+    let (code, _, err) = run(&["unmount", "cli"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["rm", &name]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["rm", &name]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = run(&["pull", &format!("{}/kt/missing:v1", reg.addr())]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("keelson-image: pull"), "{err}");
+}
