@@ -190,8 +190,8 @@ impl Config {
             .linux()
             .as_ref()
             .ok_or_else(|| Error::Config("linux must be set".into()))?;
-        if linux.seccomp().is_some() {
-            return Err(Error::Unimplemented("linux.seccomp".into()));
+        if let Some(sc) = linux.seccomp() {
+            crate::seccomp::check(sc)?;
         }
         let mut seen = HashSet::new();
         for (t, path) in self.namespaces() {

@@ -116,14 +116,21 @@ pub fn exec(root: &Path, opts: &ExecOptions, process: &Process) -> Result<(State
     let p1 = match unsafe { fork() }.ctx(|| "fork")? {
         ForkResult::Child => {
             drop(parent);
-            let code =
-                match exec_stage1(&child, &joins, process, console.as_ref(), opts.preserve_fds) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        child.send_error(&e);
-                        1
-                    }
-                };
+            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+            let code = match exec_stage1(
+                &child,
+                &joins,
+                process,
+                console.as_ref(),
+                opts.preserve_fds,
+                seccomp,
+            ) {
+                Ok(()) => 0,
+                Err(e) => {
+                    child.send_error(&e);
+                    1
+                }
+            };
             // SAFETY: _exit ends the forked child without the parent's atexit handlers.
             unsafe { libc::_exit(code) }
         }
@@ -159,6 +166,7 @@ fn exec_stage1(
     process: &Process,
     console: Option<&OwnedFd>,
     preserve_fds: u32,
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
 ) -> Result<()> {
     // SAFETY: prctl with integer arguments only: nothing in the container may open our /proc.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -183,6 +191,7 @@ fn exec_stage1(
                 preserve_fds,
                 fifo_dir: None,
                 start_hooks: None,
+                seccomp: seccomp.as_ref(),
             };
             let e = match exec_process(process, &tail) {
                 Ok(never) => match never {},

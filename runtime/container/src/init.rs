@@ -196,6 +196,7 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         fifo_dir: Some(args.state_dir),
         start_hooks: has(Kind::StartContainer)
             .then(|| (&cfg.spec, hook_state(args, host_pid, "created"))),
+        seccomp: cfg.spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()),
     };
     exec_process(process, &tail)
 }
@@ -229,6 +230,9 @@ pub struct Tail<'a> {
     pub fifo_dir: Option<&'a OwnedFd>,
     /// startContainer hooks to run after `start`, before the program is exec'd.
     pub start_hooks: Option<(&'a oci_spec::runtime::Spec, HookState)>,
+    /// The seccomp profile, installed last (or before dropping privileges without
+    /// no_new_privs, when installing needs CAP_SYS_ADMIN).
+    pub seccomp: Option<&'a oci_spec::runtime::LinuxSeccomp>,
 }
 
 /// Takes on the process's identity and limits, reports READY, waits for `start` (init only)
@@ -251,6 +255,10 @@ pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infa
         crate::console::setup_pty(sock, process)?;
     }
     mark_fds_cloexec(3 + tail.preserve_fds)?;
+    let nnp = process.no_new_privileges() == Some(true);
+    if let Some(sc) = tail.seccomp.filter(|_| !nnp) {
+        crate::seccomp::install(sc)?;
+    }
     process::drop_bounding(process.capabilities().as_ref())?;
     let cwd = process.cwd().clone();
     let early_cd = chdir(&cwd).is_ok();
@@ -280,6 +288,13 @@ pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infa
     if let Some((spec, state)) = &tail.start_hooks {
         if let Err(e) = hooks::run(spec, Kind::StartContainer, state) {
             // `start` has returned: stderr is where this can still be seen.
+            eprintln!("keelson: {e}");
+            // SAFETY: see intermediate().
+            unsafe { libc::_exit(1) }
+        }
+    }
+    if let Some(sc) = tail.seccomp.filter(|_| nnp) {
+        if let Err(e) = crate::seccomp::install(sc) {
             eprintln!("keelson: {e}");
             // SAFETY: see intermediate().
             unsafe { libc::_exit(1) }

@@ -18,6 +18,7 @@ pub mod init;
 pub mod mount_opts;
 pub mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sync;
