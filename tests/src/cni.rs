@@ -241,6 +241,13 @@ impl TestNet {
         let s = SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let prefix = format!("10.{}.{}", 200 + (s / 250) % 50, s % 250 + 1);
         let data_dir = tempfile::Builder::new().prefix("kt-cni-").tempdir()?;
+        // Host ports are reached through 127.0.0.1 too.
+        let out = host.exec(&["ip", "link", "set", "lo", "up"])?;
+        if !out.status.success() {
+            return Err(io::Error::other(
+                "ip link set lo up failed in the test host netns",
+            ));
+        }
         Ok(TestNet {
             host,
             name,
@@ -396,5 +403,134 @@ pub fn shape(v: &Value) -> Value {
         Value::String(s) if s.len() == 17 && s.matches(':').count() == 5 => "<mac>".into(),
         Value::String(s) if s.starts_with("veth") => "<veth>".into(),
         other => other.clone(),
+    }
+}
+
+/// `busybox httpd` serving one file from inside a netns; Drop stops it.
+pub struct HttpServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    /// What `GET /` returns.
+    pub body: String,
+}
+
+impl HttpServer {
+    pub fn start(ns: &Netns, port: u16) -> io::Result<HttpServer> {
+        let dir = tempfile::Builder::new().prefix("kt-httpd-").tempdir()?;
+        let body = unique::name("body", ns.name());
+        std::fs::write(dir.path().join("index.html"), &body)?;
+        // The container's own lo, so the server can bind.
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        let busybox =
+            std::env::var("KEELSON_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), &busybox, "httpd", "-f", "-p"])
+            .arg(port.to_string())
+            .arg("-h")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let server = HttpServer {
+            child,
+            _dir: dir,
+            body,
+        };
+        // Wait until it listens.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if fetch(ns, &format!("http://127.0.0.1:{port}/")).as_deref() == Some(&server.body) {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other("httpd did not come up"))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl -s -m 3 <url>` from inside `ns`; the body, or None when it failed.
+pub fn fetch(ns: &Netns, url: &str) -> Option<String> {
+    let out = ns
+        .exec(&["curl", "-s", "-m", "3", "--noproxy", "*", url])
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Another "host" on a link to the test host: a netns with a veth whose peer sits in `host`.
+/// Host side `192.168.<n>.1/24`, client side `.2`. Dropping the client netns removes both ends.
+pub struct Client {
+    pub ns: Netns,
+    /// The host's address on the link, the one the client connects to.
+    pub host_ip: String,
+}
+
+impl Client {
+    pub fn attach(host: &Netns) -> io::Result<Client> {
+        let ns = Netns::new("client")?;
+        let n = SUBNET.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 250 + 1;
+        let host_if = format!("ktc{:06x}{:03x}", std::process::id() & 0xffffff, n);
+        let host_ip = format!("192.168.{n}.1");
+        let run = |ns: &Netns, args: &[&str]| -> io::Result<()> {
+            let out = ns.exec(args)?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!(
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )))
+            }
+        };
+        run(
+            host,
+            &[
+                "ip",
+                "link",
+                "add",
+                &host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        run(
+            host,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{host_ip}/24"),
+                "dev",
+                &host_if,
+            ],
+        )?;
+        run(host, &["ip", "link", "set", &host_if, "up"])?;
+        run(
+            &ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("192.168.{n}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run(&ns, &["ip", "link", "set", "eth0", "up"])?;
+        run(&ns, &["ip", "link", "set", "lo", "up"])?;
+        Ok(Client { ns, host_ip })
     }
 }

@@ -377,20 +377,3 @@ fn concurrent_allocations_are_distinct() {
     assert_eq!(uniq.len(), 16, "{ips:?}");
     assert_eq!(net.allocated_ips().len(), 16);
 }
-
-#[test]
-fn portmap_is_refused_as_unimplemented() {
-    let p = ours();
-    let net = TestNet::new("pm").unwrap();
-    let c = Netns::new("cpm").unwrap();
-    let conf = json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap",
-        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
-        "prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.203.0.2/24"}]}});
-    let inv = Invocation::new("ADD", "c-pm", &c, "eth0");
-    let out = invoke(&p, "portmap", &net.host, &inv, &conf).unwrap();
-    assert!(!out.success);
-    assert!(out.stdout.contains("unimplemented"), "{}", out.stdout);
-    invoke(&p, "portmap", &net.host, &inv.with_command("DEL"), &conf)
-        .unwrap()
-        .ok();
-}

@@ -1,0 +1,278 @@
+//! portmap: host ports reachable from another host, from the node itself and from 127.0.0.1,
+//! like the reference plugin's (iptables) rules; DEL removes exactly its own rules; bad configs
+//! change nothing. Everything runs in test-made netns.
+
+use keelson_tests::Netns;
+use keelson_tests::cni::{self, Client, HttpServer, Invocation, Plugins, TestNet, invoke};
+use serde_json::{Value, json};
+
+fn ours() -> Plugins {
+    Plugins::keelson().expect("keelson CNI plugins")
+}
+
+fn portmap_conf(net: &TestNet, prev: &Value, mappings: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": net.name,
+        "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": mappings},
+        "prevResult": prev,
+    })
+}
+
+/// The whole host-side ruleset of the test host, both nftables and iptables views.
+fn ruleset(net: &TestNet) -> String {
+    let nft = net.host.exec(&["nft", "list", "ruleset"]).unwrap();
+    let ipt = net.host.exec(&["iptables-save"]).unwrap();
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&nft.stdout),
+        String::from_utf8_lossy(&ipt.stdout)
+    )
+}
+
+struct Pod {
+    ns: Netns,
+    id: String,
+    bridge_conf: Value,
+    pm_conf: Value,
+    _server: HttpServer,
+}
+
+fn pod(p: &Plugins, net: &TestNet, id: &str, host_port: u16) -> Pod {
+    let ns = Netns::new("cpm").unwrap();
+    let bridge_conf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", id, &ns, "eth0");
+    let prev = invoke(p, "bridge", &net.host, &inv, &bridge_conf)
+        .unwrap()
+        .ok()
+        .json();
+    let pm_conf = portmap_conf(
+        net,
+        &prev,
+        json!([{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    let out = invoke(p, "portmap", &net.host, &inv, &pm_conf)
+        .unwrap()
+        .ok();
+    assert_eq!(out.json(), prev, "portmap passes prevResult through");
+    let server = HttpServer::start(&ns, 80).unwrap();
+    Pod {
+        ns,
+        id: id.to_string(),
+        bridge_conf,
+        pm_conf,
+        _server: server,
+    }
+}
+
+fn del(p: &Plugins, net: &TestNet, pod: &Pod) {
+    let inv = Invocation::new("DEL", &pod.id, &pod.ns, "eth0");
+    invoke(p, "portmap", &net.host, &inv, &pod.pm_conf)
+        .unwrap()
+        .ok();
+    invoke(p, "bridge", &net.host, &inv, &pod.bridge_conf)
+        .unwrap()
+        .ok();
+}
+
+#[test]
+fn host_port_is_reachable_like_with_the_reference() {
+    for p in [ours(), Plugins::reference()] {
+        let net = TestNet::new(&format!("pm{}", p.label)).unwrap();
+        let client = Client::attach(&net.host).unwrap();
+        let before = ruleset(&net);
+        let pod = pod(&p, &net, "c-pm", 8080);
+        let body = pod._server.body.clone();
+        let from = |ns: &Netns, ip: &str| cni::fetch(ns, &format!("http://{ip}:8080/"));
+        assert_eq!(
+            from(&client.ns, &client.host_ip),
+            Some(body.clone()),
+            "{} other host",
+            p.label
+        );
+        assert_eq!(
+            from(&net.host, &client.host_ip),
+            Some(body.clone()),
+            "{} node",
+            p.label
+        );
+        assert_eq!(
+            from(&net.host, "127.0.0.1"),
+            Some(body.clone()),
+            "{} localhost",
+            p.label
+        );
+        assert_eq!(
+            from(&net.host, &net.gateway()),
+            Some(body.clone()),
+            "{} bridge ip",
+            p.label
+        );
+
+        if p.label == "keelson" {
+            let inv = Invocation::new("CHECK", &pod.id, &pod.ns, "eth0");
+            invoke(&p, "portmap", &net.host, &inv, &pod.pm_conf)
+                .unwrap()
+                .ok();
+        }
+        del(&p, &net, &pod);
+        assert_eq!(
+            from(&client.ns, &client.host_ip),
+            None,
+            "{} after DEL",
+            p.label
+        );
+        let after = ruleset(&net);
+        if p.label == "keelson" {
+            assert!(!after.contains("portmap"), "{after}");
+            assert!(!before.contains("keelson_hostport"));
+        } else {
+            assert!(!after.contains("CNI-DN-"), "{after}");
+        }
+    }
+}
+
+#[test]
+fn del_removes_exactly_its_own_rules() {
+    let p = ours();
+    let net = TestNet::new("pmdel").unwrap();
+    let client = Client::attach(&net.host).unwrap();
+    let a = pod(&p, &net, "c-pma", 8081);
+    let b = pod(&p, &net, "c-pmb", 8082);
+    let url = |port: u16| format!("http://{}:{port}/", client.host_ip);
+    assert_eq!(
+        cni::fetch(&client.ns, &url(8081)),
+        Some(a._server.body.clone())
+    );
+    assert_eq!(
+        cni::fetch(&client.ns, &url(8082)),
+        Some(b._server.body.clone())
+    );
+    del(&p, &net, &a);
+    assert_eq!(cni::fetch(&client.ns, &url(8081)), None);
+    assert_eq!(
+        cni::fetch(&client.ns, &url(8082)),
+        Some(b._server.body.clone())
+    );
+    // A repeated DEL is fine and touches nothing else.
+    del(&p, &net, &a);
+    let inv = Invocation::new("CHECK", &b.id, &b.ns, "eth0");
+    invoke(&p, "portmap", &net.host, &inv, &b.pm_conf)
+        .unwrap()
+        .ok();
+    let inv = Invocation::new("CHECK", &a.id, &a.ns, "eth0");
+    assert!(
+        !invoke(&p, "portmap", &net.host, &inv, &a.pm_conf)
+            .unwrap()
+            .success
+    );
+    del(&p, &net, &b);
+    assert!(!ruleset(&net).contains("portmap"));
+}
+
+#[test]
+fn host_ip_limits_the_mapping() {
+    let p = ours();
+    let net = TestNet::new("pmip").unwrap();
+    let client = Client::attach(&net.host).unwrap();
+    let ns = Netns::new("cpmip").unwrap();
+    let bconf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", "c-pmip", &ns, "eth0");
+    let prev = invoke(&p, "bridge", &net.host, &inv, &bconf)
+        .unwrap()
+        .ok()
+        .json();
+    let conf = portmap_conf(
+        &net,
+        &prev,
+        json!([{"hostPort": 8090, "containerPort": 80, "protocol": "tcp", "hostIP": client.host_ip}]),
+    );
+    invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+    let server = HttpServer::start(&ns, 80).unwrap();
+    let via = |ip: &str| cni::fetch(&client.ns, &format!("http://{ip}:8090/"));
+    assert_eq!(via(&client.host_ip), Some(server.body.clone()));
+    assert_eq!(cni::fetch(&net.host, "http://127.0.0.1:8090/"), None);
+    let del = inv.with_command("DEL");
+    invoke(&p, "portmap", &net.host, &del, &conf).unwrap().ok();
+    invoke(&p, "bridge", &net.host, &del, &bconf).unwrap().ok();
+}
+
+#[test]
+fn bad_portmap_configs_change_nothing() {
+    let p = ours();
+    let net = TestNet::new("pmbad").unwrap();
+    let ns = Netns::new("cpmbad").unwrap();
+    let prev = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.210.0.2/24"}]});
+    let inv = Invocation::new("ADD", "c-bad", &ns, "eth0");
+    let good = json!([{"hostPort": 8080, "containerPort": 80}]);
+    let cases: Vec<(Value, u64)> = vec![
+        (
+            portmap_conf(&net, &prev, json!([{"hostPort": 0, "containerPort": 80}])),
+            7,
+        ),
+        (
+            portmap_conf(
+                &net,
+                &prev,
+                json!([{"hostPort": 80, "containerPort": 70000}]),
+            ),
+            7,
+        ),
+        (
+            portmap_conf(
+                &net,
+                &prev,
+                json!([{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]),
+            ),
+            7,
+        ),
+        (
+            portmap_conf(
+                &net,
+                &prev,
+                json!([{"hostPort": 80, "containerPort": 80, "hostIP": "nope"}]),
+            ),
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["markMasqBit"] = json!(40);
+                c
+            },
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["snatt"] = json!(true);
+                c
+            },
+            2,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c.as_object_mut().unwrap().remove("prevResult");
+                c
+            },
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["backend"] = json!("iptables");
+                c
+            },
+            7,
+        ),
+    ];
+    for (conf, code) in cases {
+        let out = invoke(&p, "portmap", &net.host, &inv, &conf).unwrap();
+        assert!(!out.success, "accepted {conf}");
+        assert_eq!(out.code(), Some(code), "{conf}: {}", out.stdout);
+        assert!(!ruleset(&net).contains("keelson_hostport"), "{conf}");
+    }
+}
