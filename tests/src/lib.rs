@@ -19,6 +19,7 @@ pub mod containerd;
 pub mod images;
 pub mod mountinfo;
 pub mod netns;
+pub mod podman;
 pub mod probe;
 pub mod procs;
 pub mod registry;

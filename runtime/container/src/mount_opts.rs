@@ -16,6 +16,8 @@ pub struct MountOptions {
     pub data: String,
     pub bind: bool,
     pub recursive: bool,
+    /// Copy what the destination held into a new tmpfs (podman's --read-only mounts).
+    pub tmpcopyup: bool,
 }
 
 impl Default for MountOptions {
@@ -27,6 +29,7 @@ impl Default for MountOptions {
             data: String::new(),
             bind: false,
             recursive: false,
+            tmpcopyup: false,
         }
     }
 }
@@ -114,7 +117,8 @@ pub fn parse(options: &[String]) -> Result<MountOptions> {
                 return Err(Error::Unimplemented(format!("mount option {opt:?}")));
             }
             "tmpcopyup" => {
-                return Err(Error::Unimplemented("mount option \"tmpcopyup\"".into()));
+                o.tmpcopyup = true;
+                continue;
             }
             w => {
                 if let Some(p) = propagation(w) {

@@ -188,6 +188,15 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| typ.clone());
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
+    // tmpcopyup: keep a handle on the directory the tmpfs is about to cover, to copy from.
+    let covered = if opts.tmpcopyup && typ == "tmpfs" {
+        Some(
+            fs::File::open(&dest)
+                .ctx(|| format!("opening {} for tmpcopyup", dest_name.display()))?,
+        )
+    } else {
+        None
+    };
     let res = mount(
         Some(source.as_str()),
         &dest,
@@ -195,6 +204,16 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         opts.flags,
         data,
     );
+    if res.is_ok() {
+        if let Some(dir) = &covered {
+            let from =
+                Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(dir).to_string());
+            copy_tree(&from, &dest).map_err(|e| Error::Io {
+                context: format!("tmpcopyup into {}", dest_name.display()),
+                source: e,
+            })?;
+        }
+    }
     match res {
         Ok(()) => {}
         Err(nix::Error::EPERM) if typ == "sysfs" && !cfg.new_ns(LinuxNamespaceType::Network) => {
@@ -552,4 +571,32 @@ fn mask_path(p: &str) -> Result<()> {
             source: e,
         }),
     }
+}
+
+/// Copies a directory tree with modes, owners and symlinks (for tmpcopyup).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, lchown};
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let meta = fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&dst)?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            symlink(fs::read_link(&src)?, &dst)?;
+        } else if ft.is_file() {
+            fs::copy(&src, &dst)?;
+        } else {
+            // Device nodes, fifos and sockets are not copied into a tmpfs.
+            continue;
+        }
+        lchown(&dst, Some(meta.uid()), Some(meta.gid()))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        }
+    }
+    Ok(())
 }
