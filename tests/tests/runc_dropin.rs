@@ -371,3 +371,37 @@ fn preserve_fds_passes_descriptors() {
     assert!(stdout.contains("fd3=open"), "{stdout}");
     assert!(stdout.contains("fd4=closed"), "{stdout}");
 }
+
+/// This host runs neither AppArmor nor SELinux: like runc, an AppArmor profile cannot be
+/// applied (the kernel refuses the attr write) and an SELinux label is refused up front.
+#[test]
+fn lsm_fields_on_a_host_without_apparmor_or_selinux() {
+    let rt = keelson();
+    assert!(
+        !std::path::Path::new("/sys/fs/selinux/enforce").exists(),
+        "this test expects no SELinux"
+    );
+    for (field, value, words) in [
+        ("apparmorProfile", "docker-default", "apparmor"),
+        (
+            "selinuxLabel",
+            "system_u:system_r:container_t:s0",
+            "selinux is disabled",
+        ),
+    ] {
+        let mut b = Bundle::busybox("lsm").expect("bundle");
+        spec::object_at(b.config_mut(), &["process"]).insert(field.into(), json!(value));
+        let id = unique::container_id("lsm");
+        let _guard = rt.guard(&id);
+        b.set_args(&["true"]);
+        b.save().expect("save");
+        let out = rt.create(&b, &id).expect("create");
+        assert_eq!(out.code, 1, "{field}: {out}");
+        assert!(out.stderr.contains(words), "{field}: {out}");
+        assert!(
+            rt.root_entries().is_empty(),
+            "{field}: state left {:?}",
+            rt.root_entries()
+        );
+    }
+}

@@ -190,6 +190,26 @@ impl Config {
             .linux()
             .as_ref()
             .ok_or_else(|| Error::Config("linux must be set".into()))?;
+        let selinux = crate::process::selinux_enabled();
+        if process
+            .selinux_label()
+            .as_deref()
+            .is_some_and(|l| !l.is_empty())
+            && !selinux
+        {
+            return bad(
+                "selinux label is specified in config, but selinux is disabled or not supported"
+                    .into(),
+            );
+        }
+        if let Some(label) = linux.mount_label().as_deref().filter(|l| !l.is_empty()) {
+            if !selinux {
+                return bad("selinux mount label is specified in config, but selinux is disabled or not supported".into());
+            }
+            return Err(Error::Unimplemented(format!(
+                "linux.mountLabel {label:?} (SELinux mount contexts)"
+            )));
+        }
         if let Some(sc) = linux.seccomp() {
             crate::seccomp::check(sc)?;
         }

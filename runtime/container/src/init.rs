@@ -255,6 +255,7 @@ pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infa
         crate::console::setup_pty(sock, process)?;
     }
     mark_fds_cloexec(3 + tail.preserve_fds)?;
+    process::apply_lsm(process)?;
     let nnp = process.no_new_privileges() == Some(true);
     if let Some(sc) = tail.seccomp.filter(|_| !nnp) {
         crate::seccomp::install(sc)?;

@@ -283,3 +283,34 @@ pub fn cstrings(v: &[String]) -> Result<Vec<CString>> {
         })
         .collect()
 }
+
+/// Whether the kernel runs SELinux (selinuxfs is mounted).
+pub fn selinux_enabled() -> bool {
+    Path::new("/sys/fs/selinux/enforce").exists()
+}
+
+/// Sets the AppArmor profile and SELinux label the program is exec'd with. As runc does, an
+/// AppArmor profile is written whatever the host runs, so a host without AppArmor refuses it.
+pub fn apply_lsm(process: &Process) -> Result<()> {
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        let data = format!("exec {profile}");
+        let res = fs::write("/proc/self/attr/apparmor/exec", &data)
+            .or_else(|_| fs::write("/proc/self/attr/exec", &data));
+        res.map_err(|e| Error::Init(format!("unable to apply apparmor profile {profile:?}: {e}")))?;
+    }
+    if let Some(label) = process.selinux_label().as_deref().filter(|l| !l.is_empty()) {
+        if !selinux_enabled() {
+            return Err(Error::Config(
+                "selinux label is specified in config, but selinux is disabled or not supported"
+                    .into(),
+            ));
+        }
+        fs::write("/proc/self/attr/exec", label)
+            .map_err(|e| Error::Init(format!("setting selinux label {label:?}: {e}")))?;
+    }
+    Ok(())
+}
