@@ -163,6 +163,7 @@ impl Config {
         if process.args().as_ref().is_none_or(|a| a.is_empty()) {
             return bad("process.args must not be empty".into());
         }
+        crate::process::check_exec_size(process)?;
         if !process.cwd().is_absolute() {
             return bad(format!(
                 "process.cwd {:?} is not an absolute path",

@@ -71,6 +71,7 @@ pub fn exec(root: &Path, opts: &ExecOptions, process: &Process) -> Result<(State
     if let Some(c) = process.capabilities() {
         crate::process::check_caps(c)?;
     }
+    crate::process::check_exec_size(process)?;
     let terminal = process.terminal() == Some(true);
     if terminal != opts.console_socket.is_some() {
         return Err(Error::Config(if terminal {

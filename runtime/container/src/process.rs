@@ -314,3 +314,42 @@ pub fn apply_lsm(process: &Process) -> Result<()> {
     }
     Ok(())
 }
+
+/// Refuses args + env that execve(2) could never take (E2BIG), with a message saying so
+/// instead of failing only after the container was set up.
+pub fn check_exec_size(process: &Process) -> Result<()> {
+    let bytes: usize = process
+        .args()
+        .iter()
+        .flatten()
+        .chain(process.env().iter().flatten())
+        .map(|s| s.len() + 1 + std::mem::size_of::<usize>())
+        .sum();
+    // SAFETY: sysconf with a constant name only reads a system value.
+    let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    let max = if max > 0 {
+        max as usize
+    } else {
+        2 * 1024 * 1024
+    };
+    if bytes > max {
+        return Err(Error::Config(format!(
+            "process.args and env take {bytes} bytes, more than the kernel's ARG_MAX of {max}"
+        )));
+    }
+    for s in process
+        .args()
+        .iter()
+        .flatten()
+        .chain(process.env().iter().flatten())
+    {
+        // The kernel also caps each single string (MAX_ARG_STRLEN, 32 pages).
+        if s.len() >= 32 * 4096 {
+            return Err(Error::Config(format!(
+                "a process argument or env entry of {} bytes is longer than the kernel allows (131072)",
+                s.len()
+            )));
+        }
+    }
+    Ok(())
+}
