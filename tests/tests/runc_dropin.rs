@@ -180,7 +180,7 @@ fn exec_with_a_process_json() {
             guard.id(),
         ])
         .expect("exec");
-    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(out.code, 255, "{out}");
     assert!(out.stderr.contains("process.json"), "{out}");
 }
 
@@ -227,7 +227,7 @@ fn exec_detached_writes_the_pid_file_and_ps_lists_it() {
 fn exec_into_a_stopped_or_unknown_container_fails() {
     let rt = keelson();
     let out = rt.cmd(["exec", "no-such-container", "true"]).expect("exec");
-    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(out.code, 255, "{out}");
     assert!(out.stderr.contains("container does not exist"), "{out}");
     let sc = CgroupScope::new("exec-stopped").expect("scope");
     let (guard, _) = running(&rt, &sc, "exec-stopped");
@@ -235,7 +235,7 @@ fn exec_into_a_stopped_or_unknown_container_fails() {
     rt.wait_status(guard.id(), "stopped", Duration::from_secs(10))
         .expect("stops");
     let out = rt.cmd(["exec", guard.id(), "true"]).expect("exec");
-    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(out.code, 255, "{out}");
     assert!(out.stderr.contains("stopped container"), "{out}");
 }
 

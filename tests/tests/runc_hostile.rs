@@ -136,7 +136,7 @@ fn a_hostile_process_json_for_exec() {
                 id.as_str(),
             ])
             .expect("exec");
-        assert_eq!(out.code, 1, "{out}");
+        assert_eq!(out.code, 255, "{out}");
         assert!(out.stderr.contains(words), "{words}: {out}");
     }
     // The container is untouched.

@@ -242,7 +242,14 @@ fn main() -> ExitCode {
     let prefix = match &cli.cmd {
         Cmd::Create(_) => "keelson create failed: ",
         Cmd::Run { .. } => "keelson run failed: ",
+        Cmd::Exec(_) => "exec failed: ",
         _ => "",
+    };
+    // Like runc, a failed exec exits 255, apart from any code the process itself returns.
+    let fail_code = if matches!(cli.cmd, Cmd::Exec(_)) {
+        255
+    } else {
+        1
     };
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
@@ -252,7 +259,7 @@ fn main() -> ExitCode {
             if cli.log.is_some() {
                 eprintln!("{msg}");
             }
-            ExitCode::from(1)
+            ExitCode::from(fail_code)
         }
     }
 }
