@@ -405,3 +405,57 @@ fn lsm_fields_on_a_host_without_apparmor_or_selinux() {
         );
     }
 }
+
+/// `run` and `exec -t` in the foreground without a console socket: keelson holds the pty and
+/// copies it to its own terminal (given here by script(1)).
+#[test]
+fn foreground_terminal_without_a_console_socket() {
+    let rt = keelson();
+    let sc = CgroupScope::new("fg-tty").expect("scope");
+    let mut b = Bundle::busybox("fg-tty").expect("bundle");
+    b.set_args(&["sh", "-c", "tty; [ -t 0 ] && echo stdin-is-tty; exit 7"]);
+    b.set_cgroups_path(sc.cgroups_path());
+    spec::object_at(b.config_mut(), &["process"]).insert("terminal".into(), json!(true));
+    b.save().expect("save");
+    let id = unique::container_id("fg-tty");
+    let _guard = rt.guard(&id);
+    let line = format!(
+        "'{}' --root '{}' run --bundle '{}' '{}'",
+        rt.bin.display(),
+        rt.root_dir().display(),
+        b.path().display(),
+        id
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7), "{text}");
+    assert!(
+        text.contains("/dev/pts/0") && text.contains("stdin-is-tty"),
+        "{text}"
+    );
+    assert!(
+        rt.root_entries().is_empty(),
+        "left: {:?}",
+        rt.root_entries()
+    );
+
+    let (guard, _) = running(&rt, &sc, "fg-tty-exec");
+    let line = format!(
+        "'{}' --root '{}' exec -t '{}' sh -c 'tty; exit 5'",
+        rt.bin.display(),
+        rt.root_dir().display(),
+        guard.id()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(5), "{text}");
+    assert!(text.contains("/dev/pts/"), "{text}");
+}

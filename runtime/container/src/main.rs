@@ -456,13 +456,15 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 
 fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
     // (signal forwarding shared with exec: install_forwarding)
-    let opts = create_opts(a)?;
+    let mut opts = create_opts(a)?;
+    // A terminal in the foreground without a console socket: keelson holds the pty itself.
+    let mut console = None;
     if !detach && opts.console_socket.is_none() {
         let cfg = keelson_container::config::load(&opts.bundle)?;
         if cfg.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
-            bail!(
-                "unimplemented: run in the foreground with process.terminal (use --console-socket)"
-            );
+            let l = cli::tty::ConsoleListener::new(root, &opts.id)?;
+            opts.console_socket = Some(l.path().to_path_buf());
+            console = Some(l);
         }
     }
     if !detach {
@@ -482,6 +484,16 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
         }
     }
     let state = container::create(root, &opts)?;
+    let master = match &console {
+        Some(l) => match l.receive() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let _ = container::delete(root, &opts.id, true);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let Err(e) = container::start(root, &opts.id) {
         let _ = container::delete(root, &opts.id, true);
         return Err(e.into());
@@ -490,6 +502,9 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
         return Ok(0);
     }
     RUN_PID.store(state.pid, Ordering::SeqCst);
+    if let Some(m) = &master {
+        cli::tty::proxy(m)?;
+    }
     let code = loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(state.pid), None) {
             Ok(st) => {
@@ -600,9 +615,13 @@ fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
         console_socket: a.console_socket.clone(),
         preserve_fds: a.preserve_fds,
     };
+    let mut console = None;
+    let mut opts = opts;
     if !a.detach {
         if process.terminal() == Some(true) && a.console_socket.is_none() {
-            bail!("unimplemented: exec in the foreground with a tty (use --console-socket)");
+            let l = cli::tty::ConsoleListener::new(root, &a.id)?;
+            opts.console_socket = Some(l.path().to_path_buf());
+            console = Some(l);
         }
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
@@ -613,6 +632,10 @@ fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
         return Ok(0);
     }
     RUN_PID.store(pid, Ordering::SeqCst);
+    if let Some(l) = &console {
+        let master = l.receive()?;
+        cli::tty::proxy(&master)?;
+    }
     let code = wait_exit(pid)?;
     RUN_PID.store(0, Ordering::SeqCst);
     Ok(code)
