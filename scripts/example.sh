@@ -3,7 +3,7 @@
 # busybox, the default spec from `keelson spec`, a probe script as the process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+bash scripts/deps.sh
 cargo build --release -p keelson-container
 KEELSON="$PWD/target/release/keelson"
 BUNDLE="$(mktemp -d /tmp/keelson-example.XXXXXX)"

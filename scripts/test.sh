@@ -4,7 +4,7 @@
 # inside a user-mode-linux guest (tests/cgroup-v2/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/deps.sh
+bash scripts/deps.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests drive the built binaries.
