@@ -162,8 +162,10 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
         Some(p) => Some(crate::console::connect_socket(p)?),
         None => None,
     };
+    let idmapped = idmapped_mounts(&cfg)?;
     let (parent, child) = sync::pair()?;
     let args = InitArgs {
+        idmapped: &idmapped,
         id: &opts.id,
         cfg: &cfg,
         cgroups: &cgroups,
@@ -251,6 +253,50 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
     }
     guard.armed = false;
     Ok(state)
+}
+
+/// Detached idmapped clones of the mounts that ask for one, by their index in `mounts`.
+fn idmapped_mounts(cfg: &config::Config) -> Result<Vec<(usize, std::os::fd::OwnedFd)>> {
+    let mut out = Vec::new();
+    let linux = cfg.spec.linux().as_ref();
+    for (i, m) in cfg.spec.mounts().iter().flatten().enumerate() {
+        let opts = crate::mount_opts::parse(m.options().as_deref().unwrap_or_default())?;
+        let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
+        if !opts.idmap && !has_maps {
+            continue;
+        }
+        if !(opts.bind || m.typ().as_deref() == Some("bind")) {
+            return Err(Error::Config(format!(
+                "mount {}: idmapped mounts must be bind mounts",
+                m.destination().display()
+            )));
+        }
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "bind mount {} has no source",
+                m.destination().display()
+            ))
+        })?;
+        let src = if src.is_absolute() {
+            src.clone()
+        } else {
+            cfg.bundle.join(src)
+        };
+        let uid = m
+            .uid_mappings()
+            .clone()
+            .or_else(|| linux.and_then(|l| l.uid_mappings().clone()))
+            .unwrap_or_default();
+        let gid = m
+            .gid_mappings()
+            .clone()
+            .or_else(|| linux.and_then(|l| l.gid_mappings().clone()))
+            .unwrap_or_default();
+        let fd =
+            crate::idmap::idmapped_clone(&src, opts.recursive || opts.idmap_recursive, &uid, &gid)?;
+        out.push((i, fd));
+    }
+    Ok(out)
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<()> {

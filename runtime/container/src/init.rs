@@ -41,6 +41,8 @@ pub fn clone_flag(t: LinuxNamespaceType) -> CloneFlags {
 /// What the init needs that is not in the config.
 pub struct InitArgs<'a> {
     pub id: &'a str,
+    /// Idmapped mounts made on the host side, by index in `mounts`.
+    pub idmapped: &'a [(usize, OwnedFd)],
     pub cfg: &'a Config,
     pub cgroups: &'a Cgroups,
     pub state_dir: &'a OwnedFd,
@@ -154,7 +156,13 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
         )
     };
     if cfg.new_ns(LinuxNamespaceType::Mount) {
-        rootfs::setup(cfg, args.cgroups, args.no_pivot, &mut before_pivot)?;
+        rootfs::setup(
+            cfg,
+            args.cgroups,
+            args.no_pivot,
+            args.idmapped,
+            &mut before_pivot,
+        )?;
     } else {
         return Err(Error::Unimplemented(
             "joining an existing mount namespace".into(),

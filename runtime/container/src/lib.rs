@@ -14,6 +14,7 @@ pub mod events;
 pub mod exec;
 pub mod fsutil;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod mount_opts;
 pub mod process;

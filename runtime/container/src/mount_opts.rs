@@ -18,6 +18,9 @@ pub struct MountOptions {
     pub recursive: bool,
     /// Copy what the destination held into a new tmpfs (podman's --read-only mounts).
     pub tmpcopyup: bool,
+    /// An idmapped bind mount (`idmap`, `ridmap` for the whole tree).
+    pub idmap: bool,
+    pub idmap_recursive: bool,
 }
 
 impl Default for MountOptions {
@@ -30,6 +33,8 @@ impl Default for MountOptions {
             bind: false,
             recursive: false,
             tmpcopyup: false,
+            idmap: false,
+            idmap_recursive: false,
         }
     }
 }
@@ -114,7 +119,9 @@ pub fn parse(options: &[String]) -> Result<MountOptions> {
                 )));
             }
             "idmap" | "ridmap" => {
-                return Err(Error::Unimplemented(format!("mount option {opt:?}")));
+                o.idmap = true;
+                o.idmap_recursive |= opt == "ridmap";
+                continue;
             }
             "tmpcopyup" => {
                 o.tmpcopyup = true;

@@ -23,6 +23,7 @@ pub fn setup(
     cfg: &Config,
     cgroups: &Cgroups,
     no_pivot: bool,
+    idmapped: &[(usize, std::os::fd::OwnedFd)],
     before_pivot: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     let linux = cfg.spec.linux().as_ref();
@@ -46,9 +47,13 @@ pub fn setup(
     .ctx(|| format!("bind-mounting rootfs {}", rootfs.display()))?;
 
     let mut dev_bound = false;
-    for m in cfg.spec.mounts().iter().flatten() {
+    for (i, m) in cfg.spec.mounts().iter().flatten().enumerate() {
         if m.destination() == Path::new("/dev") && is_bind(m) {
             dev_bound = true;
+        }
+        if let Some((_, tree)) = idmapped.iter().find(|(j, _)| *j == i) {
+            mount_idmapped(cfg, m, tree)?;
+            continue;
         }
         mount_entry(cfg, cgroups, m)?;
     }
@@ -236,6 +241,25 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
                 source: e,
             });
         }
+    }
+    apply_propagation(&dest, &opts)
+}
+
+/// Puts a detached idmapped clone (made by the runtime) at the mount's destination.
+fn mount_idmapped(cfg: &Config, m: &Mount, tree: &std::os::fd::OwnedFd) -> Result<()> {
+    let opts = mount_opts::parse(m.options().as_deref().unwrap_or_default())?;
+    let src = m.source().clone().unwrap_or_default();
+    let src = if src.is_absolute() {
+        src
+    } else {
+        cfg.bundle.join(src)
+    };
+    let is_dir = fs::metadata(&src).map(|md| md.is_dir()).unwrap_or(true);
+    let dest = prepare_dest(&cfg.rootfs, m.destination(), !is_dir)?;
+    crate::idmap::move_to(tree, &dest)?;
+    let extra = opts.flags - MsFlags::MS_REMOUNT;
+    if !extra.is_empty() {
+        remount_bind(&dest, extra)?;
     }
     apply_propagation(&dest, &opts)
 }
