@@ -344,6 +344,23 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         }
     }
     fs::remove_file(&fifo_path).ctx(|| "removing exec fifo")?;
+    // End of file: the init closed its end by exec'ing the program (or died trying).
+    loop {
+        match nix::unistd::read(&fifo, &mut buf) {
+            Ok(0) => break,
+            Ok(_) | Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {
+                if !state.init_alive() {
+                    break;
+                }
+                let mut fds = [nix::poll::PollFd::new(
+                    std::os::fd::AsFd::as_fd(&fifo),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(20u8));
+            }
+            Err(_) => break,
+        }
+    }
     if let Ok(spec) = crate::exec::container_spec(root, id) {
         let st = hook_state(&spec, id, &state.bundle, state.pid, "running");
         hooks::run_warn(&spec, Kind::Poststart, &st);

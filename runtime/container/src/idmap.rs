@@ -140,25 +140,24 @@ pub fn idmapped_clone(
     Ok(tree)
 }
 
-/// Attaches a detached mount at `dest` (in the caller's mount namespace).
-pub fn move_to(tree: &OwnedFd, dest: &Path) -> Result<()> {
-    let to = CString::new(dest.as_os_str().as_bytes())
-        .map_err(|_| Error::Config(format!("{} contains a NUL byte", dest.display())))?;
+/// Attaches a detached mount on the directory (or file) that `dest` names.
+pub fn move_to(tree: &OwnedFd, dest: &OwnedFd) -> Result<()> {
+    const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
     let empty = c"";
-    // SAFETY: move_mount reads two NUL-terminated paths; the source is the descriptor itself.
+    // SAFETY: move_mount with both ends given as descriptors and empty paths.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+            dest.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
         )
     };
     if rc != 0 {
         return Err(Error::Io {
-            context: format!("move_mount to {}", dest.display()),
+            context: "move_mount of an idmapped mount".into(),
             source: std::io::Error::last_os_error(),
         });
     }

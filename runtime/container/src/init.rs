@@ -282,18 +282,23 @@ pub fn exec_process(process: &Process, tail: &Tail) -> Result<std::convert::Infa
     let c_args = process::cstrings(&args_v)?;
     let c_env = process::cstrings(&env)?;
     tail.chan.send(tag::READY, &[])?;
-    if let Some(dir) = tail.fifo_dir {
-        // Blocks until `start` opens the fifo for reading.
-        let fifo = openat(
-            dir,
-            EXEC_FIFO,
-            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ctx(|| "opening exec fifo")?;
-        nix::unistd::write(&fifo, b"0").ctx(|| "writing exec fifo")?;
-        drop(fifo);
-    }
+    // The fifo stays open (close-on-exec) until execve, so `start` sees its end of file only
+    // once the program runs (after the startContainer hooks), and runs poststart after that.
+    let _fifo = match tail.fifo_dir {
+        Some(dir) => {
+            // Blocks until `start` opens the fifo for reading.
+            let fifo = openat(
+                dir,
+                EXEC_FIFO,
+                OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx(|| "opening exec fifo")?;
+            nix::unistd::write(&fifo, b"0").ctx(|| "writing exec fifo")?;
+            Some(fifo)
+        }
+        None => None,
+    };
     if let Some((spec, state)) = &tail.start_hooks {
         if let Err(e) = hooks::run(spec, Kind::StartContainer, state) {
             // `start` has returned: stderr is where this can still be seen.

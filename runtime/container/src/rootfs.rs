@@ -12,6 +12,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod, umask};
 use nix::unistd::{Gid, Uid, chdir, chown, fchdir, pivot_root};
 use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Mount};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -125,7 +126,22 @@ fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
 }
 
 /// Resolves a destination inside the rootfs and creates it as a directory or an empty file.
-fn prepare_dest(rootfs: &Path, dest: &Path, as_file: bool) -> Result<PathBuf> {
+/// A resolved mount destination: its path, and a descriptor opened with openat2
+/// RESOLVE_IN_ROOT that the mount goes through, so swapping a path component for a symlink
+/// between the check and the mount (CVE-2021-30465) cannot redirect it.
+struct Dest {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Dest {
+    /// What mount(2) is given: the descriptor's magic link.
+    fn target(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+fn prepare_dest(rootfs: &Path, dest: &Path, as_file: bool) -> Result<Dest> {
     let target = secure_join(rootfs, dest)?;
     if !is_within(rootfs, &target) {
         return Err(Error::Config(format!(
@@ -151,7 +167,59 @@ fn prepare_dest(rootfs: &Path, dest: &Path, as_file: bool) -> Result<PathBuf> {
             dest.display()
         )));
     }
-    Ok(real)
+    let rel = real.strip_prefix(rootfs).unwrap_or(Path::new(""));
+    let fd = open_in_root(rootfs, rel)?;
+    Ok(Dest { path: real, fd })
+}
+
+/// openat2(O_PATH, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) of `rel` below `rootfs`.
+fn open_in_root(rootfs: &Path, rel: &Path) -> Result<OwnedFd> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let root = open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening rootfs {}", rootfs.display()))?;
+    let rel_c = std::ffi::CString::new(if rel.as_os_str().is_empty() {
+        ".".as_bytes().to_vec()
+    } else {
+        std::os::unix::ffi::OsStrExt::as_bytes(rel.as_os_str()).to_vec()
+    })
+    .map_err(|_| Error::Config(format!("{} contains a NUL byte", rel.display())))?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads a NUL-terminated path and an open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            rel_c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(Error::Io {
+            context: format!(
+                "opening mount destination {} inside the rootfs",
+                rel.display()
+            ),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: a successful openat2 returns a descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
@@ -178,13 +246,13 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         if opts.recursive {
             flags |= MsFlags::MS_REC;
         }
-        mount(Some(&src), &dest, NONE, flags, NONE)
+        mount(Some(&src), &dest.target(), NONE, flags, NONE)
             .ctx(|| format!("bind-mounting {} on {}", src.display(), dest_name.display()))?;
         let extra = opts.flags - MsFlags::MS_REMOUNT;
         if !extra.is_empty() {
-            remount_bind(&dest, extra)?;
+            remount_bind(&dest.path, extra)?;
         }
-        return apply_propagation(&dest, &opts);
+        return apply_propagation(&dest.path, &opts);
     }
     let dest = prepare_dest(&cfg.rootfs, dest_name, false)?;
     let source = m
@@ -193,31 +261,19 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| typ.clone());
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-    // tmpcopyup: keep a handle on the directory the tmpfs is about to cover, to copy from.
-    let covered = if opts.tmpcopyup && typ == "tmpfs" {
-        Some(
-            fs::File::open(&dest)
-                .ctx(|| format!("opening {} for tmpcopyup", dest_name.display()))?,
-        )
-    } else {
-        None
-    };
     let res = mount(
         Some(source.as_str()),
-        &dest,
+        &dest.target(),
         Some(typ.as_str()),
         opts.flags,
         data,
     );
-    if res.is_ok() {
-        if let Some(dir) = &covered {
-            let from =
-                Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(dir).to_string());
-            copy_tree(&from, &dest).map_err(|e| Error::Io {
-                context: format!("tmpcopyup into {}", dest_name.display()),
-                source: e,
-            })?;
-        }
+    if res.is_ok() && opts.tmpcopyup && typ == "tmpfs" {
+        // The descriptor still names the directory the tmpfs now covers: copy from it.
+        copy_tree(&dest.target(), &dest.path).map_err(|e| Error::Io {
+            context: format!("tmpcopyup into {}", dest_name.display()),
+            source: e,
+        })?;
     }
     match res {
         Ok(()) => {}
@@ -225,14 +281,14 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
             // sysfs of the host's network namespace may not be mounted anew: bind it instead.
             mount(
                 Some("/sys"),
-                &dest,
+                &dest.target(),
                 NONE,
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 NONE,
             )
             .ctx(|| "bind-mounting /sys")?;
             if opts.flags.contains(MsFlags::MS_RDONLY) {
-                remount_bind(&dest, opts.flags)?;
+                remount_bind(&dest.path, opts.flags)?;
             }
         }
         Err(e) => {
@@ -242,7 +298,7 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
             });
         }
     }
-    apply_propagation(&dest, &opts)
+    apply_propagation(&dest.path, &opts)
 }
 
 /// Puts a detached idmapped clone (made by the runtime) at the mount's destination.
@@ -256,12 +312,12 @@ fn mount_idmapped(cfg: &Config, m: &Mount, tree: &std::os::fd::OwnedFd) -> Resul
     };
     let is_dir = fs::metadata(&src).map(|md| md.is_dir()).unwrap_or(true);
     let dest = prepare_dest(&cfg.rootfs, m.destination(), !is_dir)?;
-    crate::idmap::move_to(tree, &dest)?;
+    crate::idmap::move_to(tree, &dest.fd)?;
     let extra = opts.flags - MsFlags::MS_REMOUNT;
     if !extra.is_empty() {
-        remount_bind(&dest, extra)?;
+        remount_bind(&dest.path, extra)?;
     }
-    apply_propagation(&dest, &opts)
+    apply_propagation(&dest.path, &opts)
 }
 
 fn apply_propagation(dest: &Path, opts: &MountOptions) -> Result<()> {
@@ -305,7 +361,10 @@ fn remount_readonly(p: &Path) -> Result<()> {
 
 /// The `cgroup` mount: a tmpfs with one directory per v1 hierarchy holding the container's own
 /// cgroup (bind-mounted), or the container's v2 cgroup directly.
-fn mount_cgroups(cfg: &Config, cgroups: &Cgroups, dest: &Path, opts: &MountOptions) -> Result<()> {
+fn mount_cgroups(cfg: &Config, cgroups: &Cgroups, d: &Dest, opts: &MountOptions) -> Result<()> {
+    // The first mount goes through the descriptor; what follows is below our own new mount.
+    let target = d.target();
+    let dest = d.path.as_path();
     let ro = opts.flags.contains(MsFlags::MS_RDONLY);
     let base = opts.flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
     let cgroupns = cfg.new_ns(LinuxNamespaceType::Cgroup);
@@ -318,14 +377,14 @@ fn mount_cgroups(cfg: &Config, cgroups: &Cgroups, dest: &Path, opts: &MountOptio
         if cgroupns {
             mount(
                 Some("cgroup2"),
-                dest,
+                &target,
                 Some("cgroup2"),
                 base | (opts.flags & MsFlags::MS_RDONLY),
                 NONE,
             )
             .ctx(|| "mounting cgroup2")?;
         } else {
-            mount(Some(&dir.path), dest, NONE, MsFlags::MS_BIND, NONE)
+            mount(Some(&dir.path), &target, NONE, MsFlags::MS_BIND, NONE)
                 .ctx(|| "binding cgroup v2 dir")?;
             if ro || !base.is_empty() {
                 remount_bind(dest, base | (opts.flags & MsFlags::MS_RDONLY))?;
@@ -333,8 +392,14 @@ fn mount_cgroups(cfg: &Config, cgroups: &Cgroups, dest: &Path, opts: &MountOptio
         }
         return Ok(());
     }
-    mount(Some("tmpfs"), dest, Some("tmpfs"), base, Some("mode=755"))
-        .ctx(|| format!("mounting tmpfs for cgroups at {}", dest.display()))?;
+    mount(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        base,
+        Some("mode=755"),
+    )
+    .ctx(|| format!("mounting tmpfs for cgroups at {}", dest.display()))?;
     for dir in cgroups.dirs.iter().filter(|d| !d.v2) {
         let name = dir.controllers.join(",");
         let name = name.strip_prefix("name=").unwrap_or(&name).to_string();
