@@ -127,8 +127,8 @@ fn parse(conf: &Value) -> Result<BridgeConf> {
 }
 
 fn unimplemented(c: &BridgeConf) -> Result<()> {
-    let what = if c.ip_masq {
-        "ipMasq"
+    let what = if c.ip_masq && c.ip_masq_backend.as_deref() == Some("nftables") {
+        "ipMasqBackend nftables"
     } else if c.vlan != 0 || c.vlan_trunk.is_some() {
         "vlan"
     } else if c.macspoofchk {
@@ -223,6 +223,13 @@ fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Resu
     })
 }
 
+fn is_link_local(a: &IpNet) -> bool {
+    match a.addr() {
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v) => v.is_link_local(),
+    }
+}
+
 fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
     result
         .ips
@@ -238,6 +245,7 @@ pub struct Bridge;
 struct Undo {
     host_veth: Option<u32>,
     bridge: Option<u32>,
+    masq: Vec<IpNet>,
 }
 
 impl Bridge {
@@ -355,6 +363,14 @@ impl Bridge {
             }
         }
 
+        if c.ip_masq {
+            let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+            for ip in &result.ips {
+                undo.masq.push(ip.address);
+                crate::ipmasq::setup(&ip.address, name, &args.container_id)?;
+            }
+        }
+
         // Re-read the bridge: its MAC follows its first port.
         let br = h.link_by_index(br.index).map_err(nl)?.unwrap_or(br);
         let sandbox = args
@@ -415,6 +431,10 @@ impl Plugin for Bridge {
         let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut undo);
         let (host_veth, created_bridge) = (undo.host_veth, undo.bridge);
         if res.is_err() {
+            let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+            for ip in &undo.masq {
+                let _ = crate::ipmasq::teardown(ip, name, &args.container_id);
+            }
             // A bridge this ADD created goes too, unless another container joined it meanwhile.
             if let Some(br) = created_bridge
                 && let Ok(links) = h.links()
@@ -436,27 +456,48 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
-        let _c = parse(conf)?;
+        let c = parse(conf)?;
         if conf.get("ipam").is_some() {
             ipam::del(args, conf)?;
         }
-        let Some(path) = &args.netns else {
-            return Ok(());
-        };
-        let Ok(netns) = File::open(path) else {
-            return Ok(());
-        };
-        ns::run_in(&netns, || {
-            let mut h = Handle::new().map_err(nl)?;
-            if let Some(l) = h.link_by_name(&args.ifname).map_err(nl)? {
-                match h.del_link(l.index) {
-                    Ok(()) => {}
-                    Err(e) if e.errno() == Some(libc::ENODEV) => {}
-                    Err(e) => return Err(nl(e)),
+        // The container's addresses, for ipMasq: read from its interface, else from prevResult.
+        let mut addrs: Vec<IpNet> = types::prev_result(conf)
+            .ok()
+            .flatten()
+            .map(|r| r.ips.iter().map(|i| i.address).collect())
+            .unwrap_or_default();
+        let netns = args.netns.as_ref().and_then(|p| File::open(p).ok());
+        if let Some(netns) = netns {
+            let found = ns::run_in(&netns, || {
+                let mut h = Handle::new().map_err(nl)?;
+                let mut found = Vec::new();
+                if let Some(l) = h.link_by_name(&args.ifname).map_err(nl)? {
+                    found = h
+                        .addrs(Some(l.index))
+                        .map_err(nl)?
+                        .into_iter()
+                        .map(|(_, a)| a)
+                        .filter(|a| !a.addr().is_loopback() && !is_link_local(a))
+                        .collect();
+                    match h.del_link(l.index) {
+                        Ok(()) => {}
+                        Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                        Err(e) => return Err(nl(e)),
+                    }
                 }
+                Ok(found)
+            })?;
+            if !found.is_empty() {
+                addrs = found;
             }
-            Ok(())
-        })
+        }
+        if c.ip_masq {
+            let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+            for a in &addrs {
+                crate::ipmasq::teardown(a, name, &args.container_id)?;
+            }
+        }
+        Ok(())
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {

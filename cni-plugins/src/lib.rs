@@ -7,6 +7,7 @@ pub mod bridge;
 pub mod error;
 pub mod hostlocal;
 pub mod ipam;
+pub mod ipmasq;
 pub mod loopback;
 pub mod netlink;
 pub mod ns;

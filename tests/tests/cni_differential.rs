@@ -327,3 +327,75 @@ fn loopback_matches_the_reference() {
     }
     assert_eq!(results[0], results[1]);
 }
+
+/// `iptables-save -t nat` rule lines of `ns`, with the net's names and prefixes normalized.
+fn nat_rules(net: &TestNet) -> Vec<String> {
+    let out = net.host.exec(&["iptables-save", "-t", "nat"]).unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A") || (l.starts_with(':') && l.contains("CNI-")))
+        .map(|l| normalize(net, &l.replace(&net.name, "NET")))
+        .map(|l| {
+            // The chain name hashes the network name: normalize it too.
+            l.split(' ')
+                .map(|w| {
+                    if w.trim_start_matches(':').starts_with("CNI-") {
+                        "CNI-CHAIN"
+                    } else {
+                        w
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn ip_masq_matches_the_reference_and_mixes() {
+    let (o, r) = (ours(), Plugins::reference());
+    let mut rules = Vec::new();
+    for (adder, deleter) in [(&o, &r), (&r, &o), (&o, &o)] {
+        let net = TestNet::new("masq").unwrap();
+        let client = cni::Client::attach(&net.host).unwrap();
+        let c = Netns::new("cmasq").unwrap();
+        let mut conf = net.bridge_conf("1.0.0");
+        conf["ipMasq"] = json!(true);
+        let inv = Invocation::new("ADD", "c-masq", &c, "eth0");
+        let res = invoke(adder, "bridge", &net.host, &inv, &conf)
+            .unwrap()
+            .ok()
+            .json();
+        rules.push((adder.label, nat_rules(&net)));
+        // The client has no route to the container subnet: only masquerading lets this work.
+        let client_ip = client.host_ip.trim_end_matches(".1").to_string() + ".2";
+        assert!(
+            cni::ping(&c, &client_ip).unwrap(),
+            "{} masquerade",
+            adder.label
+        );
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = res;
+        invoke(
+            deleter,
+            "bridge",
+            &net.host,
+            &inv.with_command("DEL"),
+            &with_prev,
+        )
+        .unwrap()
+        .ok();
+        assert_eq!(
+            nat_rules(&net),
+            Vec::<String>::new(),
+            "ADD {} DEL {}",
+            adder.label,
+            deleter.label
+        );
+        assert!(net.allocated_ips().is_empty());
+    }
+    assert_eq!(rules[0].1, rules[1].1, "same nat rules as the reference");
+    assert!(!rules[0].1.is_empty());
+}
