@@ -411,3 +411,25 @@ fn unknown_reference_and_bad_configs() {
         "no snapshot left behind"
     );
 }
+
+#[test]
+fn unreachable_mirror_falls_through_to_the_registry() {
+    let reg = Registry::start().unwrap();
+    push(&reg, &small_image("fallthrough"), "kt/ft", "v1", &[]);
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path().join("root"));
+    cfg.hosts
+        .mirrors
+        .insert(reg.addr().to_string(), vec![format!("http://{dead}")]);
+    let store = ImageStore::open(cfg).unwrap();
+    let name = format!("{}/kt/ft:v1", reg.addr());
+    let img = rt()
+        .block_on(store.pull(&name, &AuthConfig::default()))
+        .unwrap();
+    assert_eq!(img.repo_tags, vec![name]);
+}

@@ -218,3 +218,31 @@ fn cli_pull_ls_mount_rm() {
     assert_eq!(code, Some(1));
     assert!(err.contains("keelson-image: pull"), "{err}");
 }
+
+#[test]
+fn unfinished_parts_answer_unimplemented() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+    let err = store.export("kt.local/x:v1", dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Unimplemented(_)), "{err}");
+    assert!(err.to_string().starts_with("unimplemented: "));
+    let auth = AuthConfig {
+        identity_token: "refresh".into(),
+        ..Default::default()
+    };
+    let err = rt()
+        .block_on(store.pull("127.0.0.1:1/kt/x:v1", &auth))
+        .unwrap_err();
+    assert!(matches!(err, Error::Unimplemented(_)), "{err}");
+    // Bad snapshot keys and unknown images are refused before anything is created.
+    assert!(
+        store
+            .prepare_snapshot("../escape", "kt.local/x:v1")
+            .is_err()
+    );
+    assert!(matches!(
+        store.prepare_snapshot("ok", "kt.local/x:v1"),
+        Err(Error::ImageNotFound(_))
+    ));
+    assert_eq!(count(&dir.path().join("root/snapshots/active")), 0);
+}
