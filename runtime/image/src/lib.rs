@@ -13,6 +13,7 @@ pub mod auth;
 pub mod content;
 pub mod digest;
 pub mod error;
+pub mod export;
 pub mod fsutil;
 pub mod import;
 pub mod meta;

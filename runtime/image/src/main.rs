@@ -68,6 +68,8 @@ enum Cmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Write an image as an OCI layout directory (or an oci-archive if PATH ends in .tar).
+    Export { name: String, path: PathBuf },
     /// Create a writable snapshot of an image and mount it at TARGET.
     Mount {
         image: String,
@@ -195,6 +197,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for i in images {
                 println!("{}", i.id);
             }
+        }
+        Cmd::Export { name, path } => {
+            store
+                .export(&name, &path)
+                .with_context(|| format!("export {name}"))?;
         }
         Cmd::Mount { image, key, target } => {
             store.prepare_snapshot(&key, &image)?;

@@ -346,11 +346,6 @@ impl ImageStore {
             Err(e) => tracing::warn!(error = %e, "cleanup after a failed operation"),
         }
     }
-
-    /// Copies an image to an OCI layout directory: not implemented yet.
-    pub fn export(&self, _name: &str, _dir: &Path) -> Result<()> {
-        Err(Error::Unimplemented("image export".into()))
-    }
 }
 
 /// Bytes on disk under a directory (for `ls` and tests).
