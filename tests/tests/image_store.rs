@@ -288,3 +288,38 @@ fn export_round_trips_and_umoci_reads_it() {
     assert_eq!(fs::read(bundle.join("rootfs/data/b")).unwrap(), b"b\n");
     assert!(!bundle.join("rootfs/data/a").exists());
 }
+
+#[test]
+fn cli_reads_hosts_toml_mirrors() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("hosts"), "v1").unwrap();
+    reg.push_layout(layout.path(), "v1", "library/kt-hosts", &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs.d/docker.io");
+    fs::create_dir_all(&certs).unwrap();
+    fs::write(
+        certs.join("hosts.toml"),
+        format!(
+            "server = \"https://registry-1.docker.io\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            reg.addr()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(keelson_image_binary().unwrap())
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--registry-config-dir")
+        .arg(dir.path().join("certs.d"))
+        .args(["pull", "kt-hosts:v1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+    assert!(store.get("docker.io/library/kt-hosts:v1").is_ok());
+}

@@ -76,6 +76,10 @@ impl AuthConfig {
 }
 
 /// Where and how to reach registries.
+///
+/// Filled by hand or from a containerd-style `certs.d` directory
+/// ([`RegistryHosts::load_dir`]): `<dir>/<registry host>/hosts.toml` with `server = URL` and
+/// `[host."URL"]` tables (`capabilities`, `skip_verify`) tried in file order before the server.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryHosts {
     /// Registries (`host` or `host:port`) reached over plain HTTP. `localhost`, `127.0.0.1`
@@ -83,6 +87,10 @@ pub struct RegistryHosts {
     pub plain_http: Vec<String>,
     /// Mirrors tried in order before the registry itself: registry → `[http://]host[:port]`.
     pub mirrors: HashMap<String, Vec<String>>,
+    /// Where a registry really is (`server` in hosts.toml): registry → `[http[s]://]host[:port]`.
+    pub servers: HashMap<String, String>,
+    /// Hosts whose TLS certificates are not verified (`skip_verify`).
+    pub skip_verify: Vec<String>,
 }
 
 /// One place to fetch from.
@@ -90,6 +98,23 @@ pub struct RegistryHosts {
 pub struct Endpoint {
     pub host: String,
     pub plain_http: bool,
+    pub skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+struct HostsFile {
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    host: toml::Table,
+}
+
+#[derive(Deserialize)]
+struct HostEntry {
+    #[serde(default)]
+    capabilities: Option<Vec<String>>,
+    #[serde(default)]
+    skip_verify: bool,
 }
 
 impl RegistryHosts {
@@ -99,29 +124,84 @@ impl RegistryHosts {
             || self.plain_http.iter().any(|h| h == host || h == bare)
     }
 
-    /// The endpoints for `registry`: its mirrors, then itself.
-    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let mut out = Vec::new();
-        for m in self.mirrors.get(registry).into_iter().flatten() {
-            let (host, plain) = if let Some(h) = m.strip_prefix("http://") {
-                (h.trim_end_matches('/').to_string(), true)
-            } else {
-                let h = m
-                    .strip_prefix("https://")
-                    .unwrap_or(m)
-                    .trim_end_matches('/');
-                (h.to_string(), self.is_plain(h))
-            };
-            out.push(Endpoint {
-                host,
-                plain_http: plain,
-            });
+    fn endpoint(&self, url: &str) -> Endpoint {
+        let (host, plain) = if let Some(h) = url.strip_prefix("http://") {
+            (h, true)
+        } else {
+            let h = url.strip_prefix("https://").unwrap_or(url);
+            (h, self.is_plain(h))
+        };
+        // hosts.toml URLs may carry the API path (`https://host/v2`); oci-client adds its own.
+        let host = host.split('/').next().unwrap_or(host).to_string();
+        Endpoint {
+            skip_verify: self.skip_verify.iter().any(|s| s == &host),
+            plain_http: plain || self.is_plain(&host),
+            host,
         }
-        out.push(Endpoint {
-            host: registry.to_string(),
-            plain_http: self.is_plain(registry),
+    }
+
+    /// The endpoints for `registry`: its mirrors, then its server (itself by default).
+    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = self
+            .mirrors
+            .get(registry)
+            .into_iter()
+            .flatten()
+            .map(|m| self.endpoint(m))
+            .collect();
+        out.push(match self.servers.get(registry) {
+            Some(server) => self.endpoint(server),
+            None => self.endpoint(registry),
         });
         out
+    }
+
+    /// Reads `<dir>/<registry>/hosts.toml` files (containerd's format; a missing `dir` is an
+    /// empty configuration). Hosts without the `pull` capability are skipped.
+    pub fn load_dir(dir: &std::path::Path) -> Result<Self> {
+        let mut hosts = Self::default();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(hosts),
+            Err(e) => return Err(crate::error::io_err("read dir", dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(crate::error::io_err("read dir", dir))?;
+            let registry = e.file_name().to_string_lossy().into_owned();
+            let file = e.path().join("hosts.toml");
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(crate::error::io_err("read", &file)(err)),
+            };
+            let parsed: HostsFile = toml::from_str(&text)
+                .map_err(|err| crate::error::malformed(file.display().to_string(), err))?;
+            let mut mirrors = Vec::new();
+            for (url, v) in parsed.host {
+                let entry: HostEntry = v.try_into().map_err(|err| {
+                    crate::error::malformed(format!("{}: host {url:?}", file.display()), err)
+                })?;
+                if entry
+                    .capabilities
+                    .as_ref()
+                    .is_some_and(|c| !c.iter().any(|c| c == "pull"))
+                {
+                    continue;
+                }
+                let ep = hosts.endpoint(&url);
+                if entry.skip_verify {
+                    hosts.skip_verify.push(ep.host.clone());
+                }
+                mirrors.push(url);
+            }
+            if !mirrors.is_empty() {
+                hosts.mirrors.insert(registry.clone(), mirrors);
+            }
+            if let Some(server) = parsed.server {
+                hosts.servers.insert(registry, server);
+            }
+        }
+        Ok(hosts)
     }
 }
 
@@ -155,20 +235,51 @@ mod tests {
         h.mirrors
             .insert("docker.io".into(), vec!["http://m:5000".into()]);
         let e = h.endpoints("docker.io");
-        assert_eq!(
-            e[0],
-            Endpoint {
-                host: "m:5000".into(),
-                plain_http: true
-            }
-        );
-        assert_eq!(
-            e[1],
-            Endpoint {
-                host: "docker.io".into(),
-                plain_http: false
-            }
-        );
+        assert_eq!(e[0].host, "m:5000");
+        assert!(e[0].plain_http);
+        assert_eq!(e[1].host, "docker.io");
+        assert!(!e[1].plain_http);
         assert!(h.endpoints("127.0.0.1:5000")[0].plain_http);
+    }
+
+    #[test]
+    fn hosts_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("docker.io");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(
+            d.join("hosts.toml"),
+            r#"server = "https://registry-1.docker.io"
+[host."http://mirror-b:5000"]
+  capabilities = ["pull", "resolve"]
+[host."https://mirror-a/v2"]
+  capabilities = ["pull"]
+  skip_verify = true
+[host."https://push-only"]
+  capabilities = ["push"]
+"#,
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.example");
+        std::fs::create_dir(&bad).unwrap();
+        let h = RegistryHosts::load_dir(dir.path().join("missing").as_path()).unwrap();
+        assert!(h.mirrors.is_empty());
+        std::fs::write(bad.join("hosts.toml"), "server = [").unwrap();
+        assert!(RegistryHosts::load_dir(dir.path()).is_err());
+        std::fs::remove_dir_all(&bad).unwrap();
+        let h = RegistryHosts::load_dir(dir.path()).unwrap();
+        let e = h.endpoints("docker.io");
+        let got: Vec<(&str, bool, bool)> = e
+            .iter()
+            .map(|e| (e.host.as_str(), e.plain_http, e.skip_verify))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mirror-b:5000", true, false),
+                ("mirror-a", false, true),
+                ("registry-1.docker.io", false, false)
+            ]
+        );
     }
 }

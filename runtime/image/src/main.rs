@@ -13,6 +13,9 @@ struct Cli {
     /// Persistent state (content, snapshots, image records).
     #[arg(long, default_value = "/var/lib/keelsond")]
     root: PathBuf,
+    /// containerd-style registry host configuration: <DIR>/<registry>/hosts.toml.
+    #[arg(long, default_value = "/etc/keelsond/certs.d")]
+    registry_config_dir: PathBuf,
     /// Registries reached over plain HTTP (localhost and 127.0.0.1 always are).
     #[arg(long = "plain-http", value_name = "HOST[:PORT]")]
     plain_http: Vec<String>,
@@ -113,7 +116,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = StoreConfig::new(&cli.root);
-    config.hosts.plain_http = cli.plain_http.clone();
+    config.hosts = keelson_image::RegistryHosts::load_dir(&cli.registry_config_dir)
+        .with_context(|| format!("registry config {}", cli.registry_config_dir.display()))?;
+    config
+        .hosts
+        .plain_http
+        .extend(cli.plain_http.iter().cloned());
     for m in &cli.mirrors {
         let (reg, mirror) = m
             .split_once('=')

@@ -39,6 +39,7 @@ impl Remote {
             } else {
                 ClientProtocol::Https
             },
+            accept_invalid_certificates: ep.skip_verify,
             ..Default::default()
         };
         Self {
