@@ -295,3 +295,43 @@ fn device_nodes_are_created_as_root() {
     assert!(m.file_type().is_char_device());
     assert_eq!(m.rdev(), nix::sys::stat::makedev(1, 3));
 }
+
+#[test]
+fn device_nodes_are_skipped_when_mknod_is_not_permitted() {
+    let layer = LayerBuilder::new()
+        .dir("dev")
+        .char_device("dev/null", 1, 3)
+        .file("dev/after", b"still unpacked")
+        .whiteout("gone")
+        .finish();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().to_path_buf();
+    // Capabilities are per thread: drop CAP_MKNOD in a thread of its own.
+    let stats = std::thread::spawn(move || {
+        caps::drop(None, caps::CapSet::Effective, caps::Capability::CAP_MKNOD).unwrap();
+        keelson_image::unpack::unpack_layer(
+            &layer[..],
+            keelson_image::unpack::Compression::None,
+            &dest,
+            "test-layer",
+            &keelson_image::UnpackOptions::default(),
+        )
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(stats.skipped_devices, 1);
+    assert!(!dir.path().join("dev/null").exists());
+    assert_eq!(
+        fs::read(dir.path().join("dev/after")).unwrap(),
+        b"still unpacked"
+    );
+    // Whiteouts (0/0 devices) need no CAP_MKNOD.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(dir.path().join("gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+}
