@@ -264,23 +264,20 @@ impl Bridge {
         }
         let mtu = c.mtu.or((br.mtu != 0 && br.mtu != 1500).then_some(br.mtu));
 
-        // The container side must not exist yet.
-        let exists = ns::run_in(netns, || {
-            let mut ch = Handle::new().map_err(nl)?;
-            Ok(ch.link_by_name(&args.ifname).map_err(nl)?.is_some())
-        })?;
-        if exists {
-            return Err(CniError::plugin(format!(
-                "container veth name provided ({}) already exists",
-                args.ifname
-            )));
-        }
         let mut name = random_veth_name()?;
         let mut tries = 0;
         loop {
             match h.add_veth(&name, &args.ifname, mtu, netns.as_raw_fd()) {
                 Ok(()) => break,
-                Err(e) if e.errno() == Some(libc::EEXIST) && tries < 5 => {
+                // EEXIST: either the random host name is taken (try another) or the
+                // container already has CNI_IFNAME.
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    if tries >= 5 || h.link_by_name(&name).map_err(nl)?.is_none() {
+                        return Err(CniError::plugin(format!(
+                            "container veth name provided ({}) already exists",
+                            args.ifname
+                        )));
+                    }
                     tries += 1;
                     name = random_veth_name()?;
                 }

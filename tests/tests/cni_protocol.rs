@@ -377,3 +377,33 @@ fn concurrent_allocations_are_distinct() {
     assert_eq!(uniq.len(), 16, "{ips:?}");
     assert_eq!(net.allocated_ips().len(), 16);
 }
+
+#[test]
+fn existing_container_interface_is_refused_and_undone() {
+    let p = ours();
+    let net = TestNet::new("dup").unwrap();
+    let c = Netns::new("cdup").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-dup1", &c, "eth0"),
+        &conf,
+    )
+    .unwrap()
+    .ok();
+    let links = cni::link_names(&net.host).unwrap();
+    let out = invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-dup2", &c, "eth0"),
+        &conf,
+    )
+    .unwrap();
+    assert!(!out.success);
+    assert!(out.stdout.contains("already exists"), "{}", out.stdout);
+    assert_eq!(cni::link_names(&net.host).unwrap(), links);
+    assert_eq!(net.allocated_ips(), vec![format!("{}.2", net.prefix)]);
+}
