@@ -375,19 +375,7 @@ fn hook_state(
     pid: i32,
     status: &str,
 ) -> HookState {
-    HookState {
-        oci_version: spec.version().clone(),
-        id: id.to_string(),
-        status: status.into(),
-        pid,
-        bundle: bundle.to_path_buf(),
-        annotations: spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }
+    HookState::new(spec, id, bundle, pid, status)
 }
 
 pub fn state(root: &Path, id: &str) -> Result<StateOutput> {

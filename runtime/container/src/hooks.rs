@@ -25,6 +25,30 @@ pub struct HookState {
     pub annotations: BTreeMap<String, String>,
 }
 
+impl HookState {
+    pub fn new(
+        spec: &Spec,
+        id: &str,
+        bundle: &std::path::Path,
+        pid: i32,
+        status: &str,
+    ) -> HookState {
+        HookState {
+            oci_version: spec.version().clone(),
+            id: id.to_string(),
+            status: status.into(),
+            pid,
+            bundle: bundle.to_path_buf(),
+            annotations: spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Prestart,

@@ -210,21 +210,7 @@ fn stage2(chan: &Channel, args: &InitArgs) -> Result<std::convert::Infallible> {
 }
 
 fn hook_state(args: &InitArgs, pid: i32, status: &str) -> HookState {
-    HookState {
-        oci_version: args.cfg.spec.version().clone(),
-        id: args.id.to_string(),
-        status: status.into(),
-        pid,
-        bundle: args.cfg.bundle.clone(),
-        annotations: args
-            .cfg
-            .spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }
+    HookState::new(&args.cfg.spec, args.id, &args.cfg.bundle, pid, status)
 }
 
 /// What differs between the container's init and a process exec'd into it at the end.

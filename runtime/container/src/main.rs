@@ -471,17 +471,7 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
         // The init is reparented to us once the intermediate process exits, so we can reap it.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        for sig in [
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ] {
-            // SAFETY: installs a handler that only calls async-signal-safe kill().
-            unsafe { libc::signal(sig, forward_signal as *const () as libc::sighandler_t) };
-        }
+        install_forwarding();
     }
     let state = container::create(root, &opts)?;
     let master = match &console {
@@ -505,17 +495,7 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
     if let Some(m) = &master {
         cli::tty::proxy(m)?;
     }
-    let code = loop {
-        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(state.pid), None) {
-            Ok(st) => {
-                if let Some(c) = container::exit_code(st) {
-                    break c;
-                }
-            }
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => bail!("waiting for container init {}: {e}", state.pid),
-        }
-    };
+    let code = i32::from(wait_exit(state.pid)?);
     RUN_PID.store(0, Ordering::SeqCst);
     if events::oom_kills(&state) > 0 {
         tracing::warn!(id = %state.id, "container was killed by the kernel's OOM killer");
@@ -737,42 +717,34 @@ fn cmd_update(root: &Path, a: &UpdateArgs) -> Result<u8> {
         }
         cur[path[path.len() - 1]] = val;
     };
-    use serde_json::json;
-    if let Some(x) = a.blkio_weight {
-        set(&["blockIO", "weight"], json!(x));
-    }
-    if let Some(x) = a.cpu_period {
-        set(&["cpu", "period"], json!(x));
-    }
-    if let Some(x) = a.cpu_quota {
-        set(&["cpu", "quota"], json!(x));
-    }
-    if let Some(x) = a.cpu_share {
-        set(&["cpu", "shares"], json!(x));
-    }
-    if let Some(x) = a.cpu_rt_period {
-        set(&["cpu", "realtimePeriod"], json!(x));
-    }
-    if let Some(x) = a.cpu_rt_runtime {
-        set(&["cpu", "realtimeRuntime"], json!(x));
-    }
-    if let Some(x) = &a.cpuset_cpus {
-        set(&["cpu", "cpus"], json!(x));
-    }
-    if let Some(x) = &a.cpuset_mems {
-        set(&["cpu", "mems"], json!(x));
-    }
-    if let Some(x) = a.memory {
-        set(&["memory", "limit"], json!(x));
-    }
-    if let Some(x) = a.memory_reservation {
-        set(&["memory", "reservation"], json!(x));
-    }
-    if let Some(x) = a.memory_swap {
-        set(&["memory", "swap"], json!(x));
-    }
-    if let Some(x) = a.pids_limit {
-        set(&["pids", "limit"], json!(x));
+    let to = |x: Option<serde_json::Value>| x;
+    let flags: [(&[&str], Option<serde_json::Value>); 12] = [
+        (&["blockIO", "weight"], to(a.blkio_weight.map(Into::into))),
+        (&["cpu", "period"], to(a.cpu_period.map(Into::into))),
+        (&["cpu", "quota"], to(a.cpu_quota.map(Into::into))),
+        (&["cpu", "shares"], to(a.cpu_share.map(Into::into))),
+        (
+            &["cpu", "realtimePeriod"],
+            to(a.cpu_rt_period.map(Into::into)),
+        ),
+        (
+            &["cpu", "realtimeRuntime"],
+            to(a.cpu_rt_runtime.map(Into::into)),
+        ),
+        (&["cpu", "cpus"], to(a.cpuset_cpus.clone().map(Into::into))),
+        (&["cpu", "mems"], to(a.cpuset_mems.clone().map(Into::into))),
+        (&["memory", "limit"], to(a.memory.map(Into::into))),
+        (
+            &["memory", "reservation"],
+            to(a.memory_reservation.map(Into::into)),
+        ),
+        (&["memory", "swap"], to(a.memory_swap.map(Into::into))),
+        (&["pids", "limit"], to(a.pids_limit.map(Into::into))),
+    ];
+    for (path, value) in flags {
+        if let Some(v) = value {
+            set(path, v);
+        }
     }
     res = serde_json::from_value(v).context("resources")?;
     container::update(root, &a.id, &res)?;
