@@ -131,8 +131,6 @@ fn unimplemented(c: &BridgeConf) -> Result<()> {
         "ipMasqBackend nftables"
     } else if c.vlan != 0 || c.vlan_trunk.is_some() {
         "vlan"
-    } else if c.macspoofchk {
-        "macspoofchk"
     } else if c.mac.is_some() {
         "mac"
     } else {
@@ -246,6 +244,29 @@ struct Undo {
     host_veth: Option<u32>,
     bridge: Option<u32>,
     masq: Vec<IpNet>,
+    macspoofchk: bool,
+}
+
+const SPOOF_TABLE: &str = "keelson_macspoofchk";
+
+/// The comment on one attachment's MAC spoof check rule.
+fn spoof_tag(conf: &Value, args: &Args) -> String {
+    let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+    let id: String = args.container_id.chars().take(12).collect();
+    format!(
+        "macspoofchk {id} {:016x}",
+        crate::nft::fnv(&format!("{name}\n{}\n{}", args.container_id, args.ifname))
+    )
+}
+
+/// Frames entering the bridge from the host veth must carry the container interface's MAC.
+fn macspoofchk_script(tag: &str, host_veth: &str, mac: &str) -> String {
+    let t = format!("bridge {SPOOF_TABLE}");
+    format!(
+        "add table {t}\n\
+         add chain {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}\n\
+         add rule {t} prerouting iifname \"{host_veth}\" ether saddr != {mac} drop comment \"{tag}\"\n"
+    )
 }
 
 impl Bridge {
@@ -360,6 +381,15 @@ impl Bridge {
             }
         }
 
+        if c.macspoofchk {
+            undo.macspoofchk = true;
+            crate::nft::run(&macspoofchk_script(
+                &spoof_tag(conf, args),
+                &veth.name,
+                &side.mac,
+            ))?;
+        }
+
         if c.ip_masq {
             let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
             for ip in &result.ips {
@@ -428,6 +458,9 @@ impl Plugin for Bridge {
         let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut undo);
         let (host_veth, created_bridge) = (undo.host_veth, undo.bridge);
         if res.is_err() {
+            if undo.macspoofchk {
+                let _ = crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args));
+            }
             let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
             for ip in &undo.masq {
                 let _ = crate::ipmasq::teardown(ip, name, &args.container_id);
@@ -487,6 +520,9 @@ impl Plugin for Bridge {
             if !found.is_empty() {
                 addrs = found;
             }
+        }
+        if c.macspoofchk {
+            crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args))?;
         }
         if c.ip_masq {
             let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();

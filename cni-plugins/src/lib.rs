@@ -10,6 +10,7 @@ pub mod ipam;
 pub mod ipmasq;
 pub mod loopback;
 pub mod netlink;
+pub mod nft;
 pub mod ns;
 pub mod portmap;
 pub mod skel;

@@ -6,16 +6,15 @@
 //! `masquerading` chain, hooked at postrouting, masquerades marked packets. Every rule carries a
 //! comment naming its container, so DEL removes exactly that container's rules.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{CniError, Code, Result};
+use crate::error::{CniError, Result};
 use crate::netlink::Handle;
+use crate::nft;
 use crate::skel::{Args, Plugin};
 use crate::sysctl;
 use crate::types::{self, CniResult};
@@ -166,61 +165,14 @@ fn parse(conf: &Value) -> Result<Parsed> {
     })
 }
 
-/// FNV-1a, stable across builds, for rule comments.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
-}
-
 /// The comment that marks one attachment's rules.
 fn tag(conf: &Value, args: &Args) -> String {
     let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
     let id: String = args.container_id.chars().take(12).collect();
     format!(
         "portmap {id} {:016x}",
-        fnv(&format!("{name}\n{}\n{}", args.container_id, args.ifname))
+        nft::fnv(&format!("{name}\n{}\n{}", args.container_id, args.ifname))
     )
-}
-
-fn nft_output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| CniError::io("failed to run nft", e))?;
-    if !out.status.success() {
-        return Err(CniError::with_details(
-            Code::Plugin,
-            "nft failed",
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs an nft script as one transaction.
-fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| CniError::io("failed to run nft", e))?;
-    if let Some(mut s) = child.stdin.take() {
-        s.write_all(script.as_bytes())
-            .map_err(|e| CniError::io("failed to write to nft", e))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::io("failed to wait for nft", e))?;
-    if !out.status.success() {
-        return Err(CniError::with_details(
-            Code::Plugin,
-            "nft failed",
-            String::from_utf8_lossy(&out.stderr).trim(),
-        ));
-    }
-    Ok(())
 }
 
 /// The container addresses the mappings forward to.
@@ -314,57 +266,6 @@ fn add_script(p: &Parsed, ips: &[IpNet], tag: &str) -> String {
     s
 }
 
-/// (chain, handle) of every rule tagged `tag`.
-fn tagged_rules(tag: &str) -> Result<Vec<(String, u64)>> {
-    let out = match nft_output(Command::new("nft").args(["-j", "list", "table", "inet", TABLE])) {
-        Ok(o) => o,
-        // No table: nothing of ours exists.
-        Err(e)
-            if e.details
-                .as_deref()
-                .is_some_and(|d| d.contains("No such file")) =>
-        {
-            return Ok(Vec::new());
-        }
-        Err(e) => return Err(e),
-    };
-    let v: Value = serde_json::from_str(&out)
-        .map_err(|e| CniError::with_details(Code::Plugin, "cannot parse nft output", e))?;
-    let mut found = Vec::new();
-    for item in v
-        .get("nftables")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let Some(rule) = item.get("rule") else {
-            continue;
-        };
-        if rule.get("comment").and_then(Value::as_str) != Some(tag) {
-            continue;
-        }
-        if let (Some(chain), Some(handle)) = (
-            rule.get("chain").and_then(Value::as_str),
-            rule.get("handle").and_then(Value::as_u64),
-        ) {
-            found.push((chain.to_string(), handle));
-        }
-    }
-    Ok(found)
-}
-
-fn delete_tagged(tag: &str) -> Result<()> {
-    let rules = tagged_rules(tag)?;
-    if rules.is_empty() {
-        return Ok(());
-    }
-    let script: String = rules
-        .iter()
-        .map(|(chain, h)| format!("delete rule inet {TABLE} {chain} handle {h}\n"))
-        .collect();
-    nft(&script)
-}
-
 /// route_localnet on the host interface that reaches each IPv4 container address, so DNAT of
 /// 127.0.0.1 can leave through it (as the reference does).
 fn enable_localnet(ips: &[IpNet]) -> Result<()> {
@@ -404,12 +305,12 @@ impl Plugin for Portmap {
         let ips = container_ips(&prev);
         let tag = tag(conf, args);
         // An ADD repeated for the same attachment replaces its rules.
-        delete_tagged(&tag)?;
-        nft(&add_script(&p, &ips, &tag))?;
+        nft::delete_tagged("inet", TABLE, &tag)?;
+        nft::run(&add_script(&p, &ips, &tag))?;
         if p.snat
             && let Err(e) = enable_localnet(&ips)
         {
-            let _ = delete_tagged(&tag);
+            let _ = nft::delete_tagged("inet", TABLE, &tag);
             return Err(e);
         }
         Ok(prev)
@@ -417,7 +318,7 @@ impl Plugin for Portmap {
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
         parse(conf)?;
-        delete_tagged(&tag(conf, args))
+        nft::delete_tagged("inet", TABLE, &tag(conf, args))
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
@@ -432,7 +333,7 @@ impl Plugin for Portmap {
             .lines()
             .filter(|l| l.contains("comment"))
             .count();
-        let have = tagged_rules(&tag(conf, args))?.len();
+        let have = nft::tagged_rules("inet", TABLE, &tag(conf, args))?.len();
         if have != want {
             return Err(CniError::plugin(format!(
                 "portmap: expected {want} rules for this container, found {have}"

@@ -399,3 +399,60 @@ fn ip_masq_matches_the_reference_and_mixes() {
     assert_eq!(rules[0].1, rules[1].1, "same nat rules as the reference");
     assert!(!rules[0].1.is_empty());
 }
+
+#[test]
+fn macspoofchk_drops_foreign_source_macs_like_the_reference() {
+    for p in [ours(), Plugins::reference()] {
+        let net = TestNet::new("spoof").unwrap();
+        let mut conf = net.bridge_conf("1.0.0");
+        conf["macspoofchk"] = json!(true);
+        let mut pods = Vec::new();
+        for i in 0..2 {
+            let ns = Netns::new("cspoof").unwrap();
+            let id = format!("c-spoof-{i}");
+            let inv = Invocation::new("ADD", &id, &ns, "eth0");
+            let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+                .unwrap()
+                .ok()
+                .json();
+            let ip = res["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string();
+            pods.push((ns, id, ip));
+        }
+        assert!(
+            cni::ping(&pods[0].0, &pods[1].2).unwrap(),
+            "{}: own MAC",
+            p.label
+        );
+        let out = pods[0]
+            .0
+            .exec(&["ip", "link", "set", "eth0", "address", "02:42:00:00:00:99"])
+            .unwrap();
+        assert!(out.status.success());
+        assert!(
+            !cni::ping(&pods[0].0, &pods[1].2).unwrap(),
+            "{}: spoofed MAC passed",
+            p.label
+        );
+        for (ns, id, _) in &pods {
+            invoke(
+                &p,
+                "bridge",
+                &net.host,
+                &Invocation::new("DEL", id, ns, "eth0"),
+                &conf,
+            )
+            .unwrap()
+            .ok();
+        }
+        if p.label == "keelson" {
+            let out = net.host.exec(&["nft", "list", "ruleset"]).unwrap();
+            assert!(!String::from_utf8_lossy(&out.stdout).contains("comment \"macspoofchk"));
+        }
+    }
+}
