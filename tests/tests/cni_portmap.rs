@@ -276,3 +276,47 @@ fn bad_portmap_configs_change_nothing() {
         assert!(!ruleset(&net).contains("keelson_hostport"), "{conf}");
     }
 }
+
+#[test]
+fn ipv6_host_port_is_reachable() {
+    let p = ours();
+    let net = TestNet::new("pm6").unwrap();
+    let ns = Netns::new("cpm6").unwrap();
+    let v6 = format!("fd11:{}", net.prefix.replace("10.", "").replace('.', ":"));
+    let mut bconf = net.bridge_conf("1.0.0");
+    bconf["ipam"]["ranges"] =
+        json!([[{"subnet": net.subnet()}], [{"subnet": format!("{v6}::/64")}]]);
+    let inv = Invocation::new("ADD", "c-pm6", &ns, "eth0");
+    let prev = invoke(&p, "bridge", &net.host, &inv, &bconf)
+        .unwrap()
+        .ok()
+        .json();
+    let conf = portmap_conf(
+        &net,
+        &prev,
+        json!([{"hostPort": 8086, "containerPort": 80, "protocol": "tcp"}]),
+    );
+    invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+    let server = HttpServer::start(&ns, 80).unwrap();
+    // The bridge's IPv6 gateway address is usable once duplicate address detection is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = net
+            .host
+            .exec(&["ip", "-6", "addr", "show", "dev", &net.bridge])
+            .unwrap();
+        if !String::from_utf8_lossy(&out.stdout).contains("tentative") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "DAD never finished");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let url = format!("http://[{v6}::1]:8086/");
+    assert_eq!(cni::fetch(&net.host, &url), Some(server.body.clone()));
+    let inv = inv.with_command("CHECK");
+    invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+    let del = inv.with_command("DEL");
+    invoke(&p, "portmap", &net.host, &del, &conf).unwrap().ok();
+    assert_eq!(cni::fetch(&net.host, &url), None);
+    invoke(&p, "bridge", &net.host, &del, &bconf).unwrap().ok();
+}
