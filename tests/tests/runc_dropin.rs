@@ -459,3 +459,96 @@ fn foreground_terminal_without_a_console_socket() {
     assert_eq!(out.status.code(), Some(5), "{text}");
     assert!(text.contains("/dev/pts/"), "{text}");
 }
+
+#[test]
+fn systemd_cgroup_driver_is_a_clear_error() {
+    let rt = keelson();
+    let out = rt.cmd(["--systemd-cgroup", "list"]).expect("list");
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.stderr.contains("systemd cgroup driver"), "{out}");
+}
+
+/// A new session keyring per container, named after it, unless --no-new-keyring.
+#[test]
+fn session_keyring_unless_no_new_keyring() {
+    let rt = keelson();
+    let keyring_named_after_the_container = |extra: &[&str]| -> bool {
+        let mut b = Bundle::busybox("keyring").expect("bundle");
+        // /proc/keys is masked by default; unmask it to see the keyrings.
+        spec::object_at(b.config_mut(), &["linux"]).insert("maskedPaths".into(), json!([]));
+        let id = unique::container_id("keyring");
+        b.set_args(&[
+            "sh",
+            "-c",
+            &format!("grep -c ' keyring *{id}:' /proc/keys || true"),
+        ]);
+        b.save().expect("save");
+        let _guard = rt.guard(&id);
+        let mut args: Vec<String> = vec!["run".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([
+            "--bundle".into(),
+            b.path().display().to_string(),
+            id.clone(),
+        ]);
+        let out = rt.cmd(args).expect("run");
+        assert!(out.success(), "{out}");
+        out.stdout.trim() != "0"
+    };
+    assert!(
+        keyring_named_after_the_container(&[]),
+        "no session keyring named after the container"
+    );
+    assert!(
+        !keyring_named_after_the_container(&["--no-new-keyring"]),
+        "--no-new-keyring made one"
+    );
+}
+
+#[test]
+fn exec_with_console_socket_and_preserved_fds() {
+    let rt = keelson();
+    let sc = CgroupScope::new("exec-tty").expect("scope");
+    let (guard, _) = running(&rt, &sc, "exec-tty");
+    let console = ConsoleSocket::new().expect("console");
+    let out = rt
+        .cmd([
+            "exec",
+            "-t",
+            "-d",
+            "--console-socket",
+            console.path().to_str().expect("utf8"),
+            guard.id(),
+            "sh",
+            "-c",
+            "tty; echo exec-tty-ok",
+        ])
+        .expect("exec -t -d");
+    assert!(out.success(), "{out}");
+    let (_, master) = console.receive(Duration::from_secs(10)).expect("master");
+    let text = read_all(master, Duration::from_secs(5));
+    assert!(
+        text.contains("/dev/pts/") && text.contains("exec-tty-ok"),
+        "{text:?}"
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("fd3");
+    let line = format!(
+        "exec 3>'{}'; '{}' --root '{}' exec --preserve-fds 1 '{}' sh -c 'echo via-exec-fd3 >&3'",
+        file.display(),
+        rt.bin.display(),
+        rt.root_dir().display(),
+        guard.id()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &line])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&file).expect("fd3"), "via-exec-fd3\n");
+}

@@ -638,6 +638,41 @@ mod tests {
     }
 
     #[test]
+    fn every_action_has_its_kernel_return_value() {
+        use LinuxSeccompAction as A;
+        let cases = [
+            (A::ScmpActAllow, None, RET_ALLOW),
+            (A::ScmpActErrno, Some(5), RET_ERRNO | 5),
+            (A::ScmpActErrno, None, RET_ERRNO | 1),
+            (A::ScmpActKill, None, RET_KILL_THREAD),
+            (A::ScmpActKillThread, None, RET_KILL_THREAD),
+            (A::ScmpActKillProcess, None, RET_KILL_PROCESS),
+            (A::ScmpActTrap, None, RET_TRAP),
+            (A::ScmpActTrace, Some(7), RET_TRACE | 7),
+            (A::ScmpActLog, None, RET_LOG),
+        ];
+        for (a, errno, want) in cases {
+            assert_eq!(action(a, errno).expect("action"), want, "{a:?}");
+            // And as a rule in a program.
+            let mut rule = serde_json::json!({"names": ["getpid"], "action": a});
+            if let Some(e) = errno {
+                rule["errnoRet"] = e.into();
+            }
+            let p =
+                profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule]}));
+            let prog = compile(&p).expect("compile");
+            assert_eq!(
+                run(&prog, AUDIT_ARCH_X86_64, 39, [0; 6]),
+                want,
+                "{a:?} in a program"
+            );
+        }
+        let flags = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "flags": ["SECCOMP_FILTER_FLAG_LOG", "SECCOMP_FILTER_FLAG_SPEC_ALLOW", "SECCOMP_FILTER_FLAG_TSYNC"]}));
+        assert_eq!(super::flags(&flags).expect("flags"), 1 | 2 | 4);
+    }
+
+    #[test]
     fn x32_is_refused_unless_listed_and_notify_is_unimplemented() {
         let p = profile(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["read"], "action": "SCMP_ACT_KILL_PROCESS"}]}));
