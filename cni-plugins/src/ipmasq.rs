@@ -14,9 +14,16 @@ use crate::error::{CniError, Code, Result};
 
 /// The reference's per-container chain name.
 pub fn chain_name(network: &str, container_id: &str) -> String {
+    chain_name_with_prefix("", network, container_id)
+}
+
+/// `CNI-<prefix><hex of sha512(name+id)>`, cut to iptables' 28 characters (the reference's).
+pub fn chain_name_with_prefix(prefix: &str, network: &str, container_id: &str) -> String {
     let sum = Sha512::digest(format!("{network}{container_id}").as_bytes());
     let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-{}", &hex[..24])
+    let mut name = format!("CNI-{prefix}{hex}");
+    name.truncate(28);
+    name
 }
 
 /// The reference's rule comment (Go's %q of both strings).

@@ -288,6 +288,48 @@ fn enable_localnet(ips: &[IpNet]) -> Result<()> {
     Ok(())
 }
 
+/// Removes what the reference portmap's iptables backend made for this container (its
+/// `CNI-DN-<sha512(name+id)>` chain and the jumps to it from `CNI-HOSTPORT-DNAT`), so a pod
+/// mapped by the reference is unmapped by our DEL too.
+fn remove_reference_rules(v6: bool, network: &str, container_id: &str) -> Result<()> {
+    let bin = if v6 { "ip6tables" } else { "iptables" };
+    let ipt = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .arg("-w")
+            .args(["-t", "nat"])
+            .args(args)
+            .output()
+    };
+    let list = match ipt(&["-L", "CNI-HOSTPORT-DNAT", "-n", "--line-numbers"]) {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        // No reference chain (or no iptables at all): nothing of the reference's to remove.
+        _ => return Ok(()),
+    };
+    let chain = crate::ipmasq::chain_name_with_prefix("DN-", network, container_id);
+    let mut numbers: Vec<u32> = list
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let n = f.next()?.parse().ok()?;
+            (f.next()? == chain).then_some(n)
+        })
+        .collect();
+    numbers.sort_unstable_by(|a, b| b.cmp(a));
+    for n in numbers {
+        let out = ipt(&["-D", "CNI-HOSTPORT-DNAT", &n.to_string()])
+            .map_err(|e| CniError::io(format!("failed to run {bin}"), e))?;
+        if !out.status.success() {
+            return Err(CniError::plugin(format!(
+                "{bin}: failed to delete jump to {chain}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    let _ = ipt(&["-F", &chain]);
+    let _ = ipt(&["-X", &chain]);
+    Ok(())
+}
+
 pub struct Portmap;
 
 impl Plugin for Portmap {
@@ -318,7 +360,12 @@ impl Plugin for Portmap {
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
         parse(conf)?;
-        nft::delete_tagged("inet", TABLE, &tag(conf, args))
+        nft::delete_tagged("inet", TABLE, &tag(conf, args))?;
+        let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+        for v6 in [false, true] {
+            remove_reference_rules(v6, name, &args.container_id)?;
+        }
+        Ok(())
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {

@@ -320,3 +320,19 @@ fn ipv6_host_port_is_reachable() {
     assert_eq!(cni::fetch(&net.host, &url), None);
     invoke(&p, "bridge", &net.host, &del, &bconf).unwrap().ok();
 }
+
+#[test]
+fn our_del_unmaps_a_reference_add() {
+    let (o, r) = (ours(), Plugins::reference());
+    let net = TestNet::new("pmmix").unwrap();
+    let client = Client::attach(&net.host).unwrap();
+    let a = pod(&r, &net, "c-pmmix", 8083);
+    let url = format!("http://{}:8083/", client.host_ip);
+    assert_eq!(cni::fetch(&client.ns, &url), Some(a._server.body.clone()));
+    assert!(ruleset(&net).contains("CNI-DN-"));
+    del(&o, &net, &a);
+    assert_eq!(cni::fetch(&client.ns, &url), None);
+    let after = ruleset(&net);
+    assert!(!after.contains("CNI-DN-"), "{after}");
+    assert!(net.allocated_ips().is_empty());
+}
