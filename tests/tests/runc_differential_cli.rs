@@ -5,7 +5,20 @@ use keelson_tests::{Bundle, CgroupScope, ContainerGuard, Runtime, unique};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (ContainerGuard<'a>, i64) {
+/// A running container; the guard is dropped (container deleted) before the bundle.
+struct Running<'a> {
+    guard: ContainerGuard<'a>,
+    _bundle: Bundle,
+}
+
+impl<'a> std::ops::Deref for Running<'a> {
+    type Target = ContainerGuard<'a>;
+    fn deref(&self) -> &ContainerGuard<'a> {
+        &self.guard
+    }
+}
+
+fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (Running<'a>, i64) {
     let mut b = Bundle::busybox(hint).expect("bundle");
     b.set_args(&["sleep", "1000"]);
     b.set_cgroups_path(&format!("{}/{}", sc.cgroups_path(), rt.name()));
@@ -16,8 +29,7 @@ fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (ContainerGuard
     assert!(out.success(), "{}: {out}", rt.name());
     guard.record_from_state();
     let pid = rt.state(&id).expect("state")["pid"].as_i64().expect("pid");
-    std::mem::forget(b);
-    (guard, pid)
+    (Running { guard, _bundle: b }, pid)
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {

@@ -14,7 +14,20 @@ fn keelson() -> Runtime {
 }
 
 /// A running `sleep 1000` container in its own cgroup scope.
-fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (ContainerGuard<'a>, i64) {
+/// A running container; the guard is dropped (container deleted) before the bundle.
+struct Running<'a> {
+    guard: ContainerGuard<'a>,
+    _bundle: Bundle,
+}
+
+impl<'a> std::ops::Deref for Running<'a> {
+    type Target = ContainerGuard<'a>;
+    fn deref(&self) -> &ContainerGuard<'a> {
+        &self.guard
+    }
+}
+
+fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (Running<'a>, i64) {
     let mut b = Bundle::busybox(hint).expect("bundle");
     b.set_args(&["sleep", "1000"]);
     b.set_cgroups_path(sc.cgroups_path());
@@ -25,9 +38,7 @@ fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (ContainerGuard
     assert!(out.success(), "{out}");
     guard.record_from_state();
     let pid = rt.state(&id).expect("state")["pid"].as_i64().expect("pid");
-    // The bundle may go: the container keeps its rootfs mounted.
-    std::mem::forget(b);
-    (guard, pid)
+    (Running { guard, _bundle: b }, pid)
 }
 
 const NS: [&str; 6] = ["pid", "net", "ipc", "uts", "mnt", "cgroup"];
