@@ -5,12 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+# Peers the tests drive (podman, skopeo, CNI callers) keep caches in fixed system paths; remove
+# the ones this run brought into being, however it ends.
+created_by_peers=()
+for d in /var/lib/containers /var/lib/cni /run/containers /run/libpod; do
+  [ -e "$d" ] || created_by_peers+=("$d")
+done
+cleanup_peers() { for d in "${created_by_peers[@]}"; do rm -rf "$d"; done; }
+trap cleanup_peers EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests drive the built binaries.
 cargo build --workspace --bins
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; cleanup_peers' EXIT
 cargo nextest run --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
 host=$(sed -n 's/.* tests run: \([0-9]*\) passed.*/\1/p' "$log" | tail -n 1)
 tests/cgroup-v2/run.sh 2>&1 | tee "$log"

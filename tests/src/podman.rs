@@ -34,6 +34,12 @@ impl Podman {
             .arg(d.join("root"))
             .arg("--runroot")
             .arg(d.join("run"))
+            .arg("--tmpdir")
+            .arg(d.join("tmp"))
+            .arg("--network-config-dir")
+            .arg(d.join("networks"))
+            .arg("--volumepath")
+            .arg(d.join("volumes"))
             .args([
                 "--storage-driver",
                 "vfs",
