@@ -11,7 +11,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 suites_file="${1:-$here/suites.txt}"
 timeout_s="${KEELSON_UML_TIMEOUT:-900}"
-command -v linux.uml >/dev/null || { echo "linux.uml missing: apt-get install user-mode-linux" >&2; exit 1; }
+if ! command -v linux.uml >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq user-mode-linux >/dev/null ||
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq user-mode-linux >/dev/null; }
+fi
 
 cd "$repo"
 # The test binaries of keelson-tests, by target name (built like the host suite builds them).
