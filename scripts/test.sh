@@ -8,10 +8,20 @@ bash scripts/deps.sh
 # Peers the tests drive (podman, skopeo, CNI callers) keep caches in fixed system paths; remove
 # the ones this run brought into being, however it ends.
 created_by_peers=()
-for d in /var/lib/containers /var/lib/cni /run/containers /run/libpod; do
+# (`ip netns add` also bind-mounts /run/netns onto itself the first time.)
+for d in /var/lib/containers /var/lib/cni /run/containers /run/libpod /run/netns; do
   [ -e "$d" ] || created_by_peers+=("$d")
 done
-cleanup_peers() { for d in "${created_by_peers[@]}"; do rm -rf "$d"; done; }
+cleanup_peers() {
+  for d in "${created_by_peers[@]}"; do
+    if [ "$d" = /run/netns ]; then
+      # Only when no namespace is pinned there any more.
+      [ -z "$(ls -A /run/netns 2>/dev/null)" ] && umount /run/netns 2>/dev/null; rmdir /run/netns 2>/dev/null || true
+    else
+      rm -rf "$d"
+    fi
+  done
+}
 trap cleanup_peers EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
