@@ -356,6 +356,66 @@ fn allocate(
     }
 }
 
+/// Addresses the caller asks for: `IP=a,b` in CNI_ARGS, `args.cni.ips`, or the `ips`
+/// capability in `runtimeConfig` (with or without a prefix length).
+fn requested_ips(args: &Args, conf: &Value) -> Result<Vec<IpAddr>> {
+    let mut raw: Vec<String> = Vec::new();
+    if let Some(v) = args.arg("IP") {
+        raw.extend(v.split(',').filter(|s| !s.is_empty()).map(String::from));
+    }
+    for list in [
+        conf.pointer("/args/cni/ips"),
+        conf.pointer("/runtimeConfig/ips"),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let items = list
+            .as_array()
+            .ok_or_else(|| CniError::config("requested ips must be a list of strings"))?;
+        for item in items {
+            let s = item
+                .as_str()
+                .ok_or_else(|| CniError::config("requested ips must be a list of strings"))?;
+            raw.push(s.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for s in raw {
+        let addr = s.split('/').next().unwrap_or_default();
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| CniError::config(format!("invalid requested IP {s:?}")))?;
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// Reserves exactly `ip` (a requested address) in range set `set_idx`.
+fn reserve_requested(
+    store: &Store,
+    set_idx: usize,
+    set: &[Range],
+    ip: IpAddr,
+    id: &str,
+    ifname: &str,
+) -> Result<IpAddr> {
+    if set.iter().any(|r| r.gateway == ip) {
+        return Err(CniError::plugin(format!(
+            "requested ip {ip} is the subnet's gateway"
+        )));
+    }
+    if store.reserve(id, ifname, ip, set_idx)? {
+        return Ok(ip);
+    }
+    let (start, end) = (set[0].start, set[set.len() - 1].end);
+    Err(CniError::plugin(format!(
+        "requested IP address {ip} is not available in range set {start}-{end}"
+    )))
+}
+
 fn step(set: &[Range], ri: usize, cur: IpAddr) -> (usize, IpAddr) {
     if to_u128(cur) >= to_u128(set[ri].end) {
         let n = (ri + 1) % set.len();
@@ -395,9 +455,22 @@ impl Plugin for HostLocal {
         if let Some(rc) = &c.resolv_conf {
             result.dns = parse_resolv_conf(rc)?;
         }
+        let requested = requested_ips(args, conf)?;
         let store = Store::open(&c.data_dir, &c.name)?;
+        let mut assigned = Vec::new();
         for (i, set) in c.range_sets.iter().enumerate() {
-            match allocate(&store, i, set, &args.container_id, &args.ifname) {
+            let wanted = requested
+                .iter()
+                .copied()
+                .find(|ip| set.iter().any(|r| r.contains(*ip)));
+            let got = match wanted {
+                Some(ip) => {
+                    assigned.push(ip);
+                    reserve_requested(&store, i, set, ip, &args.container_id, &args.ifname)
+                }
+                None => allocate(&store, i, set, &args.container_id, &args.ifname),
+            };
+            match got {
                 Ok(ip) => {
                     let r = set
                         .iter()
@@ -417,6 +490,17 @@ impl Plugin for HostLocal {
                     return Err(e);
                 }
             }
+        }
+        let unassigned: Vec<IpAddr> = requested
+            .iter()
+            .copied()
+            .filter(|ip| !assigned.contains(ip))
+            .collect();
+        if !unassigned.is_empty() {
+            store.release(&args.container_id, &args.ifname);
+            return Err(CniError::plugin(format!(
+                "requested IPs {unassigned:?} were not assigned: no range set holds them"
+            )));
         }
         result.routes = c.routes.clone();
         Ok(result)

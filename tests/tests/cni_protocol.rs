@@ -407,3 +407,71 @@ fn existing_container_interface_is_refused_and_undone() {
     assert_eq!(cni::link_names(&net.host).unwrap(), links);
     assert_eq!(net.allocated_ips(), vec![format!("{}.2", net.prefix)]);
 }
+
+#[test]
+fn requested_ips_are_assigned_or_refused() {
+    let p = ours();
+    let net = TestNet::new("req").unwrap();
+    let c1 = Netns::new("creq1").unwrap();
+    let c2 = Netns::new("creq2").unwrap();
+    let c3 = Netns::new("creq3").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    // CNI_ARGS IP=...
+    let mut inv = Invocation::new("ADD", "c-r1", &c1, "eth0");
+    inv.args = Some(format!("IgnoreUnknown=1;IP={}.77", net.prefix));
+    let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap().ok();
+    assert_eq!(
+        out.json()["ips"][0]["address"].as_str().unwrap_or_default(),
+        format!("{}.77/24", net.prefix),
+        "{}",
+        out.stdout
+    );
+    // The runtimeConfig `ips` capability.
+    let mut with_rc = conf.clone();
+    with_rc["runtimeConfig"] = json!({"ips": [format!("{}.88/24", net.prefix)]});
+    let out = invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-r2", &c2, "eth0"),
+        &with_rc,
+    )
+    .unwrap()
+    .ok();
+    assert!(
+        out.stdout.contains(&format!("{}.88/24", net.prefix)),
+        "{}",
+        out.stdout
+    );
+    // A taken address, and one outside every range, are refused and leave nothing.
+    let mut inv = Invocation::new("ADD", "c-r3", &c3, "eth0");
+    inv.args = Some(format!("IP={}.77", net.prefix));
+    let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("is not available"),
+        "{}",
+        out.stdout
+    );
+    inv.args = Some("IP=192.0.2.9".into());
+    let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
+    assert!(!out.success, "{}", out.stdout);
+    assert!(
+        out.json()["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("were not assigned"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(cni::link_names(&c3).unwrap(), vec!["lo".to_string()]);
+    let mut ips = net.allocated_ips();
+    ips.sort();
+    assert_eq!(
+        ips,
+        vec![format!("{}.77", net.prefix), format!("{}.88", net.prefix)]
+    );
+}
