@@ -405,10 +405,18 @@ fn no_file_descriptors_leak_into_the_container() {
 fn own_exe_cannot_be_opened_for_writing() {
     let rt = keelson();
     let mut b = bundle("exe-self");
+    // The container's pid 1 runs the container's program, never the runtime (no runtime code
+    // stays behind in the container once it runs); and that program cannot be rewritten.
     let out = run_ok(
         &rt,
         &mut b,
-        "if echo x >> /proc/1/exe 2>/dev/null; then echo result=WRITABLE; else echo result=DENIED; fi",
+        "echo exe=$(readlink /proc/1/exe); \
+         if echo x >> /proc/1/exe 2>/dev/null; then echo result=WRITABLE; else echo result=DENIED; fi",
+    );
+    assert_eq!(
+        value_of(&out, "exe").as_deref(),
+        Some("/bin/busybox"),
+        "{out}"
     );
     assert_eq!(value_of(&out, "result").as_deref(), Some("DENIED"), "{out}");
 }

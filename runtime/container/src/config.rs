@@ -113,23 +113,13 @@ impl Config {
                 Some(LinuxDeviceType::B) => 'b',
                 Some(_) => 'c',
             };
-            let rule = DeviceRule {
+            // No type (or "a") means every device, whatever the numbers say.
+            out.push(DeviceRule {
                 allow: d.allow(),
                 kind,
                 major: d.major(),
                 minor: d.minor(),
                 access: d.access().clone().unwrap_or_else(|| "rwm".into()),
-            };
-            // A rule with no type, numbers or access is "all devices".
-            let all = kind == 'a'
-                || (d.major().is_none()
-                    && d.minor().is_none()
-                    && rule.access == "rwm"
-                    && d.typ().is_none());
-            out.push(if all {
-                DeviceRule { kind: 'a', ..rule }
-            } else {
-                rule
             });
         }
         if out.is_empty() {

@@ -15,7 +15,6 @@ use nix::sys::signal::{Signal, kill as send_signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid, fork, mkfifo};
-use oci_spec::runtime::LinuxNamespaceType;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -85,7 +84,12 @@ impl Drop for Cleanup<'_> {
 /// single-threaded process (it forks without exec).
 pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
     validate_id(&opts.id)?;
-    let cfg = config::load(&opts.bundle)?;
+    create_with_config(root, opts, config::load(&opts.bundle)?)
+}
+
+/// [`create`] with the bundle's configuration already loaded (and checked) by the caller.
+pub fn create_with_config(root: &Path, opts: &CreateOptions, cfg: config::Config) -> Result<State> {
+    validate_id(&opts.id)?;
     let process = cfg
         .spec
         .process()
@@ -245,7 +249,7 @@ pub fn create(root: &Path, opts: &CreateOptions) -> Result<State> {
             .into_iter()
             .collect(),
         cgroups,
-        own_pid_ns: cfg.new_ns(LinuxNamespaceType::Pid),
+        has_hooks: cfg.spec.hooks().is_some(),
     };
     state.save(root)?;
     if let Some(pf) = &opts.pid_file {
@@ -361,11 +365,25 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
             Err(_) => break,
         }
     }
-    if let Ok(spec) = crate::exec::container_spec(root, id) {
+    if let Some(spec) = hook_spec(root, &state) {
         let st = hook_state(&spec, id, &state.bundle, state.pid, "running");
         hooks::run_warn(&spec, Kind::Poststart, &st);
     }
     Ok(())
+}
+
+/// The container's config, when it has hooks to run (start and delete need it only then).
+fn hook_spec(root: &Path, state: &State) -> Option<oci_spec::runtime::Spec> {
+    if !state.has_hooks {
+        return None;
+    }
+    match crate::exec::container_spec(root, &state.id) {
+        Ok(spec) => Some(spec),
+        Err(e) => {
+            tracing::warn!(id = %state.id, error = %e, "cannot read the config to run its hooks");
+            None
+        }
+    }
 }
 
 fn hook_state(
@@ -553,7 +571,7 @@ fn destroy(root: &Path, state: &State) -> Result<()> {
         raw_kill(pid, libc::SIGKILL)?;
     }
     state.cgroups.destroy()?;
-    if let Ok(spec) = crate::exec::container_spec(root, &state.id) {
+    if let Some(spec) = hook_spec(root, state) {
         let st = hook_state(&spec, &state.id, &state.bundle, 0, "stopped");
         hooks::run_warn(&spec, Kind::Poststop, &st);
     }

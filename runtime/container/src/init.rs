@@ -22,7 +22,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{ForkResult, Gid, Uid, chdir, execve, fork, setresgid, setresuid, setsid};
 use oci_spec::runtime::{LinuxNamespaceType, Process};
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub fn clone_flag(t: LinuxNamespaceType) -> CloneFlags {
@@ -400,8 +400,4 @@ pub fn write_id_maps(cfg: &Config, pid: i32) -> Result<()> {
             .ctx(|| format!("writing gid_map {gid:?}"))?;
     }
     Ok(())
-}
-
-pub fn raw(fd: &OwnedFd) -> i32 {
-    fd.as_raw_fd()
 }

@@ -455,17 +455,18 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 }
 
 fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> {
-    // (signal forwarding shared with exec: install_forwarding)
     let mut opts = create_opts(a)?;
+    container::validate_id(&opts.id)?;
+    let cfg = keelson_container::config::load(&opts.bundle)?;
     // A terminal in the foreground without a console socket: keelson holds the pty itself.
     let mut console = None;
-    if !detach && opts.console_socket.is_none() {
-        let cfg = keelson_container::config::load(&opts.bundle)?;
-        if cfg.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
-            let l = cli::tty::ConsoleListener::new(root, &opts.id)?;
-            opts.console_socket = Some(l.path().to_path_buf());
-            console = Some(l);
-        }
+    if !detach
+        && opts.console_socket.is_none()
+        && cfg.spec.process().as_ref().and_then(|p| p.terminal()) == Some(true)
+    {
+        let l = cli::tty::ConsoleListener::new(root, &opts.id)?;
+        opts.console_socket = Some(l.path().to_path_buf());
+        console = Some(l);
     }
     if !detach {
         // The init is reparented to us once the intermediate process exits, so we can reap it.
@@ -473,7 +474,7 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         install_forwarding();
     }
-    let state = container::create(root, &opts)?;
+    let state = container::create_with_config(root, &opts, cfg)?;
     let master = match &console {
         Some(l) => match l.receive() {
             Ok(m) => Some(m),
@@ -509,7 +510,7 @@ fn cmd_run(root: &Path, a: &CreateArgs, detach: bool, keep: bool) -> Result<u8> 
 fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
     use keelson_container::exec::{self, ExecOptions};
     use oci_spec::runtime::Process;
-    let mut process: Process = match &a.process {
+    let process: Process = match &a.process {
         Some(p) => {
             let data = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             serde_json::from_slice(&data).with_context(|| format!("parsing {}", p.display()))?
@@ -588,7 +589,6 @@ fn cmd_exec(root: &Path, a: &ExecArgs) -> Result<u8> {
     {
         bail!("unimplemented: SELinux process labels");
     }
-    let _ = &mut process;
     let opts = ExecOptions {
         id: a.id.clone(),
         pid_file: a.pid_file.clone(),

@@ -174,7 +174,10 @@ pub fn set_user_and_caps(p: &Process) -> Result<()> {
     let (e0, e1) = cap_bits(&eff);
     let (p0, p1) = cap_bits(&perm);
     let (i0, i1) = cap_bits(&inh);
-    let header = libc_cap_header();
+    let header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
     let data = [
         CapData {
             effective: e0,
@@ -220,13 +223,6 @@ struct CapData {
     effective: u32,
     permitted: u32,
     inheritable: u32,
-}
-
-fn libc_cap_header() -> CapHeader {
-    CapHeader {
-        version: 0x2008_0522,
-        pid: 0,
-    }
 }
 
 pub fn set_no_new_privs() -> Result<()> {

@@ -54,8 +54,9 @@ pub struct State {
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     pub cgroups: Cgroups,
-    /// Whether the container has its own pid namespace (then killing init kills all).
-    pub own_pid_ns: bool,
+    /// Whether the config has hooks: start and delete read it back only then.
+    #[serde(default)]
+    pub has_hooks: bool,
 }
 
 /// The JSON `state` prints, field for field runc's.
