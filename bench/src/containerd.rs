@@ -3,6 +3,7 @@
 //! CPU time of the whole stack (the `ctr` client, the daemon, the shim, the runtime and the
 //! container); see `bench/README.md`.
 
+mod stats;
 // Shared with `lifecycle`; this bench uses part of it.
 #[allow(dead_code)]
 mod sys;
@@ -22,7 +23,8 @@ use keelson_tests::containerd::{Containerd, oci_archive};
 use keelson_tests::{Bundle, CgroupScope};
 use tempfile::TempDir;
 
-use crate::sys::{WaitError, Waited};
+use crate::stats::{ms, quantile};
+use crate::sys::{WaitError, Waited, children, keelson_binary, version_line};
 
 /// The image every run uses, imported from the busybox fixture.
 const IMAGE: &str = "docker.io/library/keelson-bench-busybox:latest";
@@ -59,54 +61,6 @@ struct Args {
     /// Give up on a `ctr run` after this many seconds
     #[arg(long, default_value_t = 60)]
     step_timeout: u64,
-}
-
-/// The keelson binary: `--keelson`, else `$KEELSON_BIN`, else `release/keelson` in the
-/// `CARGO_TARGET_DIR` this bench was built with (if that exists), else
-/// `<workspace>/target/release/keelson`.
-fn keelson_binary(flag: Option<PathBuf>) -> PathBuf {
-    if let Some(bin) = flag {
-        return bin;
-    }
-    if let Some(bin) = std::env::var_os("KEELSON_BIN") {
-        return PathBuf::from(bin);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
-        let bin = workspace.join(dir).join("release/keelson");
-        if bin.is_file() {
-            return bin;
-        }
-    }
-    workspace.join("target/release/keelson")
-}
-
-/// The first non-empty line `bin <flag>` prints on stdout or stderr.
-fn version_line(bin: &Path, flag: &str) -> String {
-    match Command::new(bin).arg(flag).stdin(Stdio::null()).output() {
-        Ok(out) => {
-            let text = format!(
-                "{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let lines: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect();
-            // `containerd-shim-runc-v2 -v` prints its name alone on the first line.
-            match lines.as_slice() {
-                [first, second, ..] if first.ends_with(':') => format!("{first} {second}"),
-                [first, ..] => first.to_string(),
-                [] => "(no version output)".to_string(),
-            }
-        }
-        Err(e) => format!("({flag} failed: {e})"),
-    }
 }
 
 /// One measured `ctr run --rm`.
@@ -156,40 +110,6 @@ impl Subject {
     fn note(&mut self, what: String) {
         *self.notes.entry(what).or_insert(0) += 1;
     }
-}
-
-/// Our children, zombies included: (pid, command name, state letter), from `/proc`.
-fn children() -> Vec<(libc::pid_t, String, String)> {
-    let me = std::process::id();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<libc::pid_t>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat"))
-        else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may contain anything, so split at the last ')'.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat.get(open + 1..close).unwrap_or("?").to_string();
-        let mut rest = stat.get(close + 1..).unwrap_or("").split_whitespace();
-        let state = rest.next().unwrap_or("?").to_string();
-        let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) {
-            found.push((pid, comm, state));
-        }
-    }
-    found
 }
 
 /// Everything the runs share: the daemon with the image, the cgroup it and all it starts run
@@ -612,29 +532,6 @@ impl Drop for Stack {
     }
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The value at quantile `q` (0..=1): the midpoint median for 0.5, else the nearest rank.
-fn quantile(values: &[f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if (q - 0.5).abs() < f64::EPSILON {
-        return Some(if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        });
-    }
-    let rank = (q * n as f64).ceil().max(1.0) as usize;
-    sorted.get(rank - 1).copied()
-}
-
 /// The figures of one runtime, in table order: (label, value in ms).
 fn figures(samples: &[Sample]) -> [(&'static str, Option<f64>); 6] {
     let col = |f: fn(&Sample) -> Duration| samples.iter().map(|s| ms(f(s))).collect::<Vec<_>>();
@@ -865,18 +762,4 @@ fn run(args: Args) -> Result<ExitCode> {
 fn report_and_bail(subjects: &[Subject], skipped: &[(&str, String)]) -> Result<()> {
     print_report(subjects, skipped);
     bail!("keelson cannot be measured")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_and_p90() {
-        let v: Vec<f64> = (1..=10).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), Some(5.5));
-        assert_eq!(quantile(&v, 0.9), Some(9.0));
-        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), Some(2.0));
-        assert_eq!(quantile(&[], 0.5), None);
-    }
 }

@@ -4,13 +4,14 @@
 
 mod placement;
 mod report;
+mod stats;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,29 +53,6 @@ struct Args {
     step_timeout: u64,
 }
 
-/// The keelson binary: `--keelson`, else `$KEELSON_BIN`, else `release/keelson` in the
-/// `CARGO_TARGET_DIR` this bench was built with (if that exists), else
-/// `<workspace>/target/release/keelson`.
-fn keelson_binary(flag: Option<PathBuf>) -> PathBuf {
-    if let Some(bin) = flag {
-        return bin;
-    }
-    if let Some(bin) = std::env::var_os("KEELSON_BIN") {
-        return PathBuf::from(bin);
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
-        let bin = workspace.join(dir).join("release/keelson");
-        if bin.is_file() {
-            return bin;
-        }
-    }
-    workspace.join("target/release/keelson")
-}
-
 /// One runtime under test with everything its lifecycles use.
 ///
 /// Field order is drop order: containers are force-deleted (`runtime`) before the bundle is
@@ -102,29 +80,13 @@ struct Subject {
     root_seen: BTreeSet<String>,
 }
 
-fn version_line(bin: &Path) -> String {
-    match Command::new(bin)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-    {
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string(),
-        Err(e) => format!("(--version failed: {e})"),
-    }
-}
-
 impl Subject {
     fn new(name: &'static str, bin: PathBuf, relative: Relative) -> Result<Subject> {
         let meta = fs::metadata(&bin).with_context(|| format!("{}", bin.display()))?;
         if !meta.is_file() {
             bail!("{} is not a file", bin.display());
         }
-        let version = version_line(&bin);
+        let version = sys::version_line(&bin, "--version");
         let runtime = Runtime::with_binary(name, &bin).context("create a --root directory")?;
         let scope = CgroupScope::new(&format!("bench-{name}")).context("pick a cgroup scope")?;
         let mut bundle = Bundle::busybox(&format!("bench-{name}")).context("build the bundle")?;
@@ -480,7 +442,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let candidates: [(&'static str, PathBuf, Relative); 3] = [
         (
             "keelson",
-            keelson_binary(args.keelson),
+            sys::keelson_binary(args.keelson),
             Relative::ToOwnCgroup,
         ),
         ("runc", args.runc, Relative::ToOwnCgroup),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::Subject;
+use crate::stats::{ms, quantile};
 
 /// One measured lifecycle.
 #[derive(Debug, Clone, Copy)]
@@ -21,30 +22,6 @@ pub struct Sample {
     pub exit_wait: Duration,
     /// `delete`, spawn to exit.
     pub delete: Duration,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The value at quantile `q` (0..=1) by the nearest-rank method; `None` for no values.
-fn quantile(values: &[f64], q: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    if (q - 0.5).abs() < f64::EPSILON {
-        let n = sorted.len();
-        return Some(if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        });
-    }
-    // Nearest rank: the smallest value with at least q of all values at or below it.
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted.get(rank - 1).copied()
 }
 
 fn median(values: &[f64]) -> Option<f64> {

@@ -4,7 +4,8 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -267,8 +268,8 @@ pub fn reap_zombies() -> Reaped {
     }
 }
 
-/// Our children that still run, as (pid, command name), from `/proc`.
-pub fn running_children() -> Vec<(libc::pid_t, String)> {
+/// Our children, zombies included: (pid, command name, state letter), from `/proc`.
+pub fn children() -> Vec<(libc::pid_t, String, String)> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -292,11 +293,68 @@ pub fn running_children() -> Vec<(libc::pid_t, String)> {
         };
         let comm = stat.get(open + 1..close).unwrap_or("?").to_string();
         let mut rest = stat.get(close + 1..).unwrap_or("").split_whitespace();
-        let state = rest.next();
+        let state = rest.next().unwrap_or("?").to_string();
         let ppid = rest.next().and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(me) && state != Some("Z") {
-            found.push((pid, comm));
+        if ppid == Some(me) {
+            found.push((pid, comm, state));
         }
     }
     found
+}
+
+/// Our children that still run, as (pid, command name), from `/proc`.
+pub fn running_children() -> Vec<(libc::pid_t, String)> {
+    children()
+        .into_iter()
+        .filter(|(_, _, state)| state != "Z")
+        .map(|(pid, comm, _)| (pid, comm))
+        .collect()
+}
+
+/// The keelson binary: `--keelson`, else `$KEELSON_BIN`, else `release/keelson` in the
+/// `CARGO_TARGET_DIR` this bench was built with (if that exists), else
+/// `<workspace>/target/release/keelson`.
+pub fn keelson_binary(flag: Option<PathBuf>) -> PathBuf {
+    if let Some(bin) = flag {
+        return bin;
+    }
+    if let Some(bin) = std::env::var_os("KEELSON_BIN") {
+        return PathBuf::from(bin);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
+        let bin = workspace.join(dir).join("release/keelson");
+        if bin.is_file() {
+            return bin;
+        }
+    }
+    workspace.join("target/release/keelson")
+}
+
+/// The first non-empty line `bin <flag>` prints on stdout or stderr.
+pub fn version_line(bin: &Path, flag: &str) -> String {
+    match Command::new(bin).arg(flag).stdin(Stdio::null()).output() {
+        Ok(out) => {
+            let text = format!(
+                "{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            // `containerd-shim-runc-v2 -v` prints its name alone on the first line.
+            match lines.as_slice() {
+                [first, second, ..] if first.ends_with(':') => format!("{first} {second}"),
+                [first, ..] => first.to_string(),
+                [] => "(no version output)".to_string(),
+            }
+        }
+        Err(e) => format!("({flag} failed: {e})"),
+    }
 }
