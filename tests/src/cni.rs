@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,15 +38,7 @@ impl Plugins {
                 label: "keelson",
             });
         }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        let mut candidates = Vec::new();
-        if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
-            candidates.push(workspace.join(dir).join("debug"));
-        }
-        candidates.push(workspace.join("target/debug"));
+        let candidates = crate::runtime::build_dirs();
         candidates
             .into_iter()
             .find(|c| c.join("bridge").is_file() && c.join("host-local").is_file())

@@ -482,31 +482,7 @@ pub fn busybox_three_layers(compression: Compression) -> io::Result<Vec<(Vec<u8>
 /// The `keelson-image` CLI the tests drive: `$KEELSON_IMAGE_BIN`; else `debug/keelson-image`
 /// in the `CARGO_TARGET_DIR` these tests were built with; else `<workspace>/target/debug/`.
 pub fn keelson_image_binary() -> io::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("KEELSON_IMAGE_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut candidates = Vec::new();
-    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
-        candidates.push(workspace.join(dir).join("debug/keelson-image"));
-    }
-    candidates.push(workspace.join("target/debug/keelson-image"));
-    candidates
-        .iter()
-        .find(|c| c.is_file())
-        .cloned()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "keelson-image binary not found (tried {candidates:?}); build it with \
-                 `cargo build -p keelson-image` or set KEELSON_IMAGE_BIN"
-                ),
-            )
-        })
+    crate::runtime::built_binary("KEELSON_IMAGE_BIN", "keelson-image", "keelson-image")
 }
 
 /// A mount point that is lazily unmounted and removed on Drop.

@@ -97,29 +97,35 @@ fn timeout_from_env() -> Duration {
         .unwrap_or(DEFAULT_TIMEOUT)
 }
 
-/// The keelson binary the tests drive: `$KEELSON_BIN`; else `debug/keelson` in the
-/// `CARGO_TARGET_DIR` these tests were built with; else `<workspace>/target/debug/keelson`.
-/// The first candidate that exists wins.
-pub fn keelson_binary() -> io::Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("KEELSON_BIN") {
+/// Where the workspace's debug binaries are: `debug/` in the `CARGO_TARGET_DIR` these tests
+/// were built with (if any), then `<workspace>/target/debug`.
+pub fn build_dirs() -> Vec<PathBuf> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut dirs = Vec::new();
+    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
+        dirs.push(workspace.join(dir).join("debug"));
+    }
+    dirs.push(workspace.join("target/debug"));
+    dirs
+}
+
+/// A workspace binary the tests drive: `$<env_var>` when set (it must exist), else the first
+/// of [`build_dirs`] that holds `name`.
+pub fn built_binary(env_var: &str, name: &str, package: &str) -> io::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os(env_var) {
         let bin = PathBuf::from(bin);
         if bin.is_file() {
             return Ok(bin);
         }
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
-            format!("KEELSON_BIN={} is not a file", bin.display()),
+            format!("{env_var}={} is not a file", bin.display()),
         ));
     }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let mut candidates = Vec::new();
-    if let Some(dir) = option_env!("CARGO_TARGET_DIR") {
-        candidates.push(workspace.join(dir).join("debug/keelson"));
-    }
-    candidates.push(workspace.join("target/debug/keelson"));
+    let candidates: Vec<PathBuf> = build_dirs().into_iter().map(|d| d.join(name)).collect();
     candidates
         .iter()
         .find(|c| c.is_file())
@@ -128,11 +134,16 @@ pub fn keelson_binary() -> io::Result<PathBuf> {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 format!(
-                    "keelson binary not found (tried {candidates:?}); build it with \
-                 `cargo build -p keelson-container` or set KEELSON_BIN"
+                    "{name} binary not found (tried {candidates:?}); build it with \
+                 `cargo build -p {package}` or set {env_var}"
                 ),
             )
         })
+}
+
+/// The keelson binary the tests drive: `$KEELSON_BIN`, else the workspace's debug build.
+pub fn keelson_binary() -> io::Result<PathBuf> {
+    built_binary("KEELSON_BIN", "keelson", "keelson-container")
 }
 
 fn binary_from_env(var: &str, default: &str) -> io::Result<PathBuf> {
@@ -700,5 +711,42 @@ impl Drop for ContainerGuard<'_> {
                 sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// A detached `sleep 1000` container; dropping it force-deletes the container (the guard)
+/// before it removes the bundle.
+pub struct Running<'a> {
+    pub guard: ContainerGuard<'a>,
+    pub pid: i64,
+    _bundle: crate::Bundle,
+}
+
+impl<'a> std::ops::Deref for Running<'a> {
+    type Target = ContainerGuard<'a>;
+    fn deref(&self) -> &ContainerGuard<'a> {
+        &self.guard
+    }
+}
+
+impl Runtime {
+    /// Runs a busybox `sleep 1000` container, detached, in `cgroups_path`.
+    pub fn running(&self, cgroups_path: &str, hint: &str) -> io::Result<Running<'_>> {
+        let mut b = crate::Bundle::busybox(hint)?;
+        b.set_args(&["sleep", "1000"]);
+        b.set_cgroups_path(cgroups_path);
+        b.save()?;
+        let id = crate::unique::container_id(hint);
+        let mut guard = self.guard(&id);
+        self.run_detached(&b, &id)?.check()?;
+        guard.record_from_state();
+        let pid = self.state(&id)?["pid"].as_i64().ok_or_else(|| {
+            io::Error::other(format!("{}: state of {id} has no pid", self.name()))
+        })?;
+        Ok(Running {
+            guard,
+            pid,
+            _bundle: b,
+        })
     }
 }

@@ -1,35 +1,20 @@
 //! The CLI commands containerd's shim and podman call, run against runc and keelson side by
 //! side: same exit codes and the same JSON shapes.
 
-use keelson_tests::{Bundle, CgroupScope, ContainerGuard, Runtime, unique};
+use keelson_tests::{CgroupScope, Runtime};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-/// A running container; the guard is dropped (container deleted) before the bundle.
-struct Running<'a> {
-    guard: ContainerGuard<'a>,
-    _bundle: Bundle,
-}
-
-impl<'a> std::ops::Deref for Running<'a> {
-    type Target = ContainerGuard<'a>;
-    fn deref(&self) -> &ContainerGuard<'a> {
-        &self.guard
-    }
-}
-
-fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (Running<'a>, i64) {
-    let mut b = Bundle::busybox(hint).expect("bundle");
-    b.set_args(&["sleep", "1000"]);
-    b.set_cgroups_path(&format!("{}/{}", sc.cgroups_path(), rt.name()));
-    b.save().expect("save");
-    let id = unique::container_id(hint);
-    let mut guard = rt.guard(&id);
-    let out = rt.run_detached(&b, &id).expect("run -d");
-    assert!(out.success(), "{}: {out}", rt.name());
-    guard.record_from_state();
-    let pid = rt.state(&id).expect("state")["pid"].as_i64().expect("pid");
-    (Running { guard, _bundle: b }, pid)
+fn running<'a>(
+    rt: &'a Runtime,
+    sc: &CgroupScope,
+    hint: &str,
+) -> (keelson_tests::runtime::Running<'a>, i64) {
+    let r = rt
+        .running(&format!("{}/{}", sc.cgroups_path(), rt.name()), hint)
+        .expect("running container");
+    let pid = r.pid;
+    (r, pid)
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use keelson_tests::console::{ConsoleSocket, read_all};
 use keelson_tests::probe::value_of;
-use keelson_tests::{Bundle, CgroupScope, ContainerGuard, Runtime, caps, spec, unique};
+use keelson_tests::{Bundle, CgroupScope, Runtime, caps, spec, unique};
 use serde_json::{Value, json};
 
 fn keelson() -> Runtime {
@@ -14,31 +14,16 @@ fn keelson() -> Runtime {
 }
 
 /// A running `sleep 1000` container in its own cgroup scope.
-/// A running container; the guard is dropped (container deleted) before the bundle.
-struct Running<'a> {
-    guard: ContainerGuard<'a>,
-    _bundle: Bundle,
-}
-
-impl<'a> std::ops::Deref for Running<'a> {
-    type Target = ContainerGuard<'a>;
-    fn deref(&self) -> &ContainerGuard<'a> {
-        &self.guard
-    }
-}
-
-fn running<'a>(rt: &'a Runtime, sc: &CgroupScope, hint: &str) -> (Running<'a>, i64) {
-    let mut b = Bundle::busybox(hint).expect("bundle");
-    b.set_args(&["sleep", "1000"]);
-    b.set_cgroups_path(sc.cgroups_path());
-    b.save().expect("save");
-    let id = unique::container_id(hint);
-    let mut guard = rt.guard(&id);
-    let out = rt.run_detached(&b, &id).expect("run -d");
-    assert!(out.success(), "{out}");
-    guard.record_from_state();
-    let pid = rt.state(&id).expect("state")["pid"].as_i64().expect("pid");
-    (Running { guard, _bundle: b }, pid)
+fn running<'a>(
+    rt: &'a Runtime,
+    sc: &CgroupScope,
+    hint: &str,
+) -> (keelson_tests::runtime::Running<'a>, i64) {
+    let r = rt
+        .running(sc.cgroups_path(), hint)
+        .expect("running container");
+    let pid = r.pid;
+    (r, pid)
 }
 
 const NS: [&str; 6] = ["pid", "net", "ipc", "uts", "mnt", "cgroup"];
