@@ -149,16 +149,16 @@ impl Containerd {
 
     /// Runs `ctr` against this daemon in this fixture's namespace, with a 60 s limit.
     pub fn ctr<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> io::Result<Output> {
-        Command::new("timeout")
-            .arg("60")
-            .arg("ctr")
-            .arg("-a")
-            .arg(self.socket())
-            .arg("-n")
-            .arg(&self.namespace)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        crate::bounded::output(
+            Command::new("ctr")
+                .arg("-a")
+                .arg(self.socket())
+                .arg("-n")
+                .arg(&self.namespace)
+                .args(args)
+                .stdin(Stdio::null()),
+            Duration::from_secs(60),
+        )
     }
 }
 

@@ -10,6 +10,7 @@
 //!   [`ContainerGuard`], which force-deletes a container however the test ends.
 //! - [`probe()`]: run a shell script inside a bundle and get its output and exit code.
 
+pub mod bounded;
 pub mod bundle;
 pub mod caps;
 pub mod cgroup;

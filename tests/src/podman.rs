@@ -2,12 +2,16 @@
 //! temp dir, cgroupfs, no network and no events, and an OCI runtime of the test's choosing.
 //! Drop removes its containers, unmounts what it left below its dir and deletes the dir.
 
-use crate::mountinfo;
+use crate::{bounded, mountinfo};
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 use tempfile::TempDir;
+
+/// How long one podman command may take before it counts as hung.
+pub const LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Podman {
     dir: TempDir,
@@ -27,10 +31,8 @@ impl Podman {
 
     fn base(&self) -> Command {
         let d = self.dir.path();
-        let mut c = Command::new("timeout");
-        c.arg("120")
-            .arg("podman")
-            .arg("--root")
+        let mut c = Command::new("podman");
+        c.arg("--root")
             .arg(d.join("root"))
             .arg("--runroot")
             .arg(d.join("run"))
@@ -54,13 +56,37 @@ impl Podman {
                 "--runtime-flag=root={}",
                 d.join("runtime").display()
             ))
+            // The runtime's own log, for the report when a command hangs or fails.
+            .arg(format!(
+                "--runtime-flag=log={}",
+                d.join("runtime.log").display()
+            ))
+            .arg("--runtime-flag=debug")
             .stdin(Stdio::null());
         c
     }
 
-    /// Runs `podman <args>`.
+    /// Runs `podman <args>` (at most [`LIMIT`]; a hang is an error that carries the runtime's log).
     pub fn cmd<S: AsRef<OsStr>>(&self, args: &[S]) -> io::Result<Output> {
-        self.base().args(args).output()
+        self.bounded(self.base().args(args))
+    }
+
+    /// What the OCI runtime logged for every podman command so far.
+    pub fn runtime_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("runtime.log")).unwrap_or_default()
+    }
+
+    fn bounded(&self, cmd: &mut Command) -> io::Result<Output> {
+        bounded::output(cmd, LIMIT).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                io::Error::new(
+                    e.kind(),
+                    format!("{e}\nruntime log:\n{}", self.runtime_log()),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// Runs `podman <args>` with a pseudo-terminal on podman's side (for `-t`), via script(1).
@@ -71,18 +97,22 @@ impl Podman {
             .map(|a| shell_quote(&a.to_string_lossy()))
             .collect();
         line.extend(args.iter().map(|a| shell_quote(a)));
-        Command::new("script")
-            .args(["-qec", &line.join(" "), "/dev/null"])
-            .stdin(Stdio::null())
-            .output()
+        self.bounded(
+            Command::new("script")
+                .args(["-qec", &line.join(" "), "/dev/null"])
+                .stdin(Stdio::null()),
+        )
     }
 
-    /// Flags every `run` needs on this machine: no network, and ulimits within what this
+    /// Flags every `run` needs on this machine: no network, never a pull (the image is loaded
+    /// first; a registry lookup has no business in a test), and ulimits within what this
     /// environment's root may set (it lacks CAP_SYS_RESOURCE; podman's defaults exceed that).
     pub fn run_flags() -> Vec<&'static str> {
         vec![
             "--network",
             "none",
+            "--pull",
+            "never",
             "--ulimit",
             "nofile=20000:20000",
             "--ulimit",

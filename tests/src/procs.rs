@@ -79,6 +79,59 @@ pub fn processes_in(dir: &Path) -> Vec<(i32, PathBuf)> {
         .collect()
 }
 
+/// The parent pid of `pid`.
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid` and all its living descendants, parents before children.
+pub fn tree_of(pid: i32) -> Vec<ProcessId> {
+    let links: Vec<(i32, i32)> = all_pids()
+        .into_iter()
+        .filter_map(|p| parent(p).map(|pp| (p, pp)))
+        .collect();
+    let mut tree: Vec<i32> = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(links.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    tree.into_iter().filter_map(ProcessId::of).collect()
+}
+
+/// SIGKILLs the process group `pgid` and every process of `tree` that is still the one recorded.
+pub fn kill_tree(pgid: i32, tree: &[ProcessId]) {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pgid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    for p in tree {
+        p.kill();
+    }
+}
+
+/// One line per process: pid, state, the kernel function it sleeps in, and its command line.
+pub fn describe(tree: &[ProcessId]) -> String {
+    tree.iter()
+        .map(|p| {
+            let wchan = fs::read_to_string(format!("/proc/{}/wchan", p.pid)).unwrap_or_default();
+            let cmdline = fs::read(format!("/proc/{}/cmdline", p.pid))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            format!(
+                "{} {} {} {}\n",
+                p.pid,
+                state(p.pid).unwrap_or('?'),
+                wchan,
+                cmdline.trim_end()
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

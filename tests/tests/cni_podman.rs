@@ -5,9 +5,10 @@
 //! the netns takes the bridge with it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use keelson_tests::bounded;
 use keelson_tests::cni::{self, Plugins, TestNet};
 
 struct Podman {
@@ -86,10 +87,8 @@ impl Podman {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new("timeout");
-        c.arg("120")
-            .arg("nsenter")
-            .arg(format!("--net={}", self.net.host.path().display()))
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.net.host.path().display()))
             .arg("podman")
             .args(["--root", &self.path("root"), "--runroot", &self.path("run")])
             .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
@@ -99,13 +98,19 @@ impl Podman {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
+        bounded::output(
+            self.command().args(args).stdin(Stdio::null()),
+            keelson_tests::podman::LIMIT,
+        )
+        .unwrap_or_else(|e| panic!("podman {args:?}: {e}"))
     }
 
     /// `podman run` on the test network with limits this machine allows.
     fn run_container(&self, extra: &[&str]) -> Output {
         let mut args = vec![
             "run",
+            "--pull",
+            "never",
             "--network",
             &self.net.name,
             "--ulimit",
