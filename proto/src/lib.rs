@@ -1,0 +1,1 @@
+//! keelson's gRPC interfaces (being written).

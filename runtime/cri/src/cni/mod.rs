@@ -1,0 +1,1 @@
+//! Calling CNI plugins the way libcni does (being written).
