@@ -88,6 +88,9 @@ mod exec;
 pub mod network;
 pub mod result;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
