@@ -16,8 +16,8 @@
 //! `cniVersions` list picks the highest supported one), a non-empty `plugins` list whose entries
 //! each have a `type` naming a file, `capabilities` (if any) mapping names to booleans, and every
 //! plugin binary present (a regular, executable file) in one of the bin dirs (default
-//! `/opt/cni/bin`). Invalid files are skipped (logged with `tracing::warn!` and listed in
-//! [`Loaded::skipped`]); when none is valid, the [`LoadError`] names the dir and every file with
+//! `/opt/cni/bin`). Invalid files are skipped (listed in [`Loaded::skipped`] for the daemon to
+//! report, and logged at debug level); when none is valid, the [`LoadError`] names the dir and every file with
 //! its problem, and its `Display` is the one-line reason for the CRI's
 //! `NetworkReady=false`. A missing or empty dir gives "no network config found in <dir>".
 //! Unlike upstream, delegated IPAM binaries are not checked at load, and plugins are not asked
