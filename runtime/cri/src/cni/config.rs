@@ -343,7 +343,7 @@ pub fn discover(
         match loaded {
             Ok(list) => {
                 for r in &rejected {
-                    tracing::warn!(skipped = %r, "CNI config file skipped");
+                    tracing::debug!(skipped = %r, "CNI config file skipped");
                 }
                 return Ok((list, path, rejected));
             }

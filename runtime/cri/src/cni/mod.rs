@@ -3,6 +3,9 @@
 //!
 //! This is synchronous library code: plugins are processes, and every call blocks until they
 //! finish (or are killed at the timeout). keelsond calls it from `tokio::task::spawn_blocking`.
+//! As the spec requires of a runtime, keelsond must not run two operations for the same sandbox
+//! at once; operations for different sandboxes may run in parallel (plugins lock what they
+//! share).
 //!
 //! # Behaviour
 //!
@@ -16,10 +19,10 @@
 //! `cniVersions` list picks the highest supported one), a non-empty `plugins` list whose entries
 //! each have a `type` naming a file, `capabilities` (if any) mapping names to booleans, and every
 //! plugin binary present (a regular, executable file) in one of the bin dirs (default
-//! `/opt/cni/bin`). Invalid files are skipped (logged with `tracing::warn!` and listed in
-//! [`Loaded::skipped`]); when none is valid, the [`LoadError`] names the dir and every file with
+//! `/opt/cni/bin`). Invalid files are skipped (listed in [`Loaded::skipped`] for the daemon to
+//! report, and logged at debug level); when none is valid, the [`LoadError`] names the dir and every file with
 //! its problem, and its `Display` is the one-line reason for the CRI's
-//! `NetworkReady=false`. A missing or empty dir gives "no network config found in <dir>".
+//! `NetworkReady=false`. A missing or empty dir gives `no network config found in <dir>`.
 //! Unlike upstream, delegated IPAM binaries are not checked at load, and plugins are not asked
 //! for their supported versions (`VERSION`) at load: the error comes at ADD.
 //!
@@ -87,6 +90,9 @@ pub mod error;
 mod exec;
 pub mod network;
 pub mod result;
+
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;

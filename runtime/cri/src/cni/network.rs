@@ -215,7 +215,7 @@ impl Network {
         let span = tracing::info_span!("cni_del", network = %self.list.name, container_id = %att.container_id, ifname = %att.ifname);
         let _enter = span.enter();
         let path = self.cache_path(att);
-        let recalled = self.recall(att, &path);
+        let recalled = self.recall(att, &path, true);
         for plugin in recalled.list.plugins.iter().rev() {
             self.invoke(
                 &recalled.list,
@@ -252,7 +252,8 @@ impl Network {
             return Ok(());
         }
         let path = self.cache_path(att);
-        let mut recalled = self.recall(att, &path);
+        // CHECK runs the current config (libcni), with the ADD's parameters.
+        let recalled = self.recall(att, &path, false);
         if recalled.prev_result.is_none() {
             return Err(CniError::NotAdded {
                 network: self.list.name.clone(),
@@ -260,8 +261,6 @@ impl Network {
                 ifname: att.ifname.clone(),
             });
         }
-        // CHECK runs the current config (libcni), with the ADD's parameters.
-        recalled.list = self.list.clone();
         for plugin in &recalled.list.plugins {
             self.invoke(
                 &recalled.list,
@@ -360,8 +359,10 @@ impl Network {
         }
     }
 
-    /// The parameters of the ADD an attachment's cache entry recorded (or the given ones).
-    fn recall(&self, att: &Attachment, path: &Path) -> Recalled {
+    /// The parameters of the ADD an attachment's cache entry recorded (or the given ones), with
+    /// the cached conflist instead of the current one if `cached_config` (and it is usable), and
+    /// the cached result in the version of the conflist chosen.
+    fn recall(&self, att: &Attachment, path: &Path, cached_config: bool) -> Recalled {
         let entry = match cache::read(path) {
             Ok(e) => e,
             Err(reason) => {
@@ -380,7 +381,7 @@ impl Network {
         };
         let list = NetworkConfigList::from_conflist_bytes(&entry.config)
             .ok()
-            .filter(|l| l.name == self.list.name)
+            .filter(|l| cached_config && l.name == self.list.name)
             .unwrap_or_else(|| self.list.clone());
         let args = if entry.cni_args.is_empty() {
             att.args_string()
