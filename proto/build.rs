@@ -5,8 +5,6 @@
 
 use std::{env, fs, path::PathBuf};
 
-use protox::prost::Message as _;
-
 const PROTO: &str = "cri/api.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -17,12 +15,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Source info is kept so generated code gets the .proto comments as docs
     // and reflection clients can show them.
-    let fds = protox::compile([PROTO], [&manifest_dir])?;
-    fs::write(out_dir.join("cri_descriptor.bin"), fds.encode_to_vec())?;
+    let mut compiler = protox::Compiler::new([&manifest_dir])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files([PROTO])?;
+    // Encoded by protox itself rather than through prost-types, whose
+    // FieldOptions has no `debug_redact` and would drop it.
+    fs::write(
+        out_dir.join("cri_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    let fds = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Its secrets are `debug_redact`: src/lib.rs has a redacting Debug.
+        .skip_debug([".runtime.v1.AuthConfig"])
         .compile_fds(fds)?;
     Ok(())
 }
