@@ -158,6 +158,16 @@ impl Drop for Guard {
     }
 }
 
+/// A child process killed and reaped however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + WAIT;
     while !cond() {
@@ -277,7 +287,7 @@ fn monitor_survives_its_caller_being_killed() {
     let mut guard = case.guard();
     let out_file = case.tmp.path().join("created.json");
     // A stand-in for keelsond: runs the monitor, then lingers until it is SIGKILLed.
-    let mut caller = Command::new("sh")
+    let caller = Command::new("sh")
         .arg("-c")
         .arg("\"$@\" > \"$OUT.tmp\" && mv \"$OUT.tmp\" \"$OUT\"; exec sleep 600")
         .arg("sh")
@@ -287,6 +297,7 @@ fn monitor_survives_its_caller_being_killed() {
         .stdin(Stdio::null())
         .spawn()
         .expect("spawn caller");
+    let mut caller = KillOnDrop(caller);
     wait_until("the monitor's answer", || out_file.exists());
     let created: monitor::Created =
         serde_json::from_slice(&fs::read(&out_file).expect("answer")).expect("answer JSON");
@@ -296,9 +307,9 @@ fn monitor_survives_its_caller_being_killed() {
     guard.monitor = Some(handle.clone());
     assert_eq!(handle.monitor_pid, created.monitor_pid);
     assert_eq!(handle.init_pid, created.init_pid);
-    let caller_pid = caller.id() as i32;
-    caller.kill().expect("SIGKILL the caller");
-    caller.wait().expect("reap the caller");
+    let caller_pid = caller.0.id() as i32;
+    caller.0.kill().expect("SIGKILL the caller");
+    caller.0.wait().expect("reap the caller");
     std::thread::sleep(Duration::from_millis(100));
     assert!(handle.is_running(), "the monitor died with its caller");
     assert_ne!(procs::parent(handle.monitor_pid), Some(caller_pid));
