@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod console;
 pub mod containerd;
+pub mod cri;
 pub mod images;
 pub mod mountinfo;
 pub mod netns;

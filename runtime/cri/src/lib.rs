@@ -7,3 +7,8 @@
 pub mod cni;
 pub mod crilog;
 pub mod monitor;
+pub mod pause;
+pub mod sandbox;
+pub mod server;
+pub mod spec;
+pub mod store;

@@ -1,0 +1,286 @@
+//! keelsond's gRPC services: `runtime.v1.RuntimeService` ([`runtime`]) and
+//! `runtime.v1.ImageService` ([`image`]) over one [`Daemon`].
+//!
+//! The daemon's view is the records in [`Store`] (persistent root) plus what the host says
+//! (the engine's state, the monitors' exit files, the infra processes). Every mutating call on
+//! a sandbox or container holds that object's lock, so the kubelet's retries and parallel
+//! calls never interleave on one object.
+
+pub mod image;
+pub mod mon;
+pub mod net;
+pub mod runtime;
+
+use crate::store::{ContainerRecord, SandboxRecord, Store};
+use keelson_image::ImageStore;
+use keelson_proto::runtime::v1 as pb;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where things are and which helpers run; from keelsond's flags.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Persistent state (records, images, snapshots): `/var/lib/keelsond`.
+    pub root: PathBuf,
+    /// Runtime state (engine root, bundles, netns pins, monitors): `/run/keelsond`.
+    pub state: PathBuf,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// libcni's cache dir (results): `/var/lib/cni`.
+    pub cni_cache_dir: PathBuf,
+    pub registry_config_dir: PathBuf,
+    /// The helper binaries; by default next to keelsond.
+    pub pause_bin: PathBuf,
+    pub monitor_bin: PathBuf,
+    pub keelson_bin: PathBuf,
+}
+
+impl DaemonConfig {
+    pub fn engine_root(&self) -> PathBuf {
+        self.state.join("keelson")
+    }
+
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.state.join("containers").join(id)
+    }
+}
+
+/// The daemon: configuration, records, images, and a lock per object.
+pub struct Daemon {
+    pub cfg: DaemonConfig,
+    pub store: Store,
+    pub images: ImageStore,
+    pub sandboxes: Mutex<HashMap<String, SandboxRecord>>,
+    pub containers: Mutex<HashMap<String, ContainerRecord>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub events: tokio::sync::broadcast::Sender<pb::ContainerEventResponse>,
+    /// Pod CIDR from UpdateRuntimeConfig (reported in Status info).
+    pub pod_cidr: Mutex<String>,
+}
+
+/// Errors of daemon operations, mapped onto gRPC codes.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    Unimplemented(String),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<DaemonError> for tonic::Status {
+    fn from(e: DaemonError) -> tonic::Status {
+        let msg = e.to_string();
+        match e {
+            DaemonError::NotFound(_) => tonic::Status::not_found(msg),
+            DaemonError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            DaemonError::Exists(_) => tonic::Status::already_exists(msg),
+            DaemonError::Unimplemented(_) => tonic::Status::unimplemented(msg),
+            DaemonError::Precondition(_) => tonic::Status::failed_precondition(msg),
+            DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
+            DaemonError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+pub type DResult<T> = std::result::Result<T, DaemonError>;
+
+pub fn internal(e: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Internal(e.to_string())
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new 64-hex-digit object ID.
+pub fn new_id() -> DResult<String> {
+    let mut b = [0u8; 32];
+    let mut f = std::fs::File::open("/dev/urandom").map_err(internal)?;
+    std::io::Read::read_exact(&mut f, &mut b).map_err(internal)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl Daemon {
+    /// Opens the stores and rebuilds the view from disk.
+    pub fn open(cfg: DaemonConfig) -> anyhow::Result<Arc<Daemon>> {
+        use anyhow::Context;
+        for d in [&cfg.root, &cfg.state] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let store = Store::open(&cfg.root).context("opening the records")?;
+        let mut icfg = keelson_image::StoreConfig::new(cfg.root.join("images"));
+        if cfg.registry_config_dir.is_dir() {
+            icfg.hosts = keelson_image::RegistryHosts::load_dir(&cfg.registry_config_dir)
+                .with_context(|| {
+                    format!(
+                        "reading registry hosts from {}",
+                        cfg.registry_config_dir.display()
+                    )
+                })?;
+        }
+        let images = ImageStore::open(icfg).context("opening the image store")?;
+        let sandboxes = store
+            .sandboxes()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let containers = store
+            .containers()?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        Ok(Arc::new(Daemon {
+            cfg,
+            store,
+            images,
+            sandboxes: Mutex::new(sandboxes),
+            containers: Mutex::new(containers),
+            locks: Mutex::new(HashMap::new()),
+            events,
+            pod_cidr: Mutex::new(String::new()),
+        }))
+    }
+
+    /// The lock of one object (sandbox or container ID).
+    pub async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks
+                .entry(id.to_string())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        m.lock_owned().await
+    }
+
+    pub fn forget_lock(&self, id: &str) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.remove(id);
+    }
+
+    pub fn sandbox(&self, id: &str) -> DResult<SandboxRecord> {
+        let s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        find_by_prefix(&s, id, "sandbox")
+    }
+
+    pub fn container(&self, id: &str) -> DResult<ContainerRecord> {
+        let c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        find_by_prefix(&c, id, "container")
+    }
+
+    pub fn put_sandbox(&self, r: SandboxRecord) -> DResult<()> {
+        self.store.save_sandbox(&r).map_err(internal)?;
+        let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(r.id.clone(), r);
+        Ok(())
+    }
+
+    pub fn put_container(&self, r: ContainerRecord) -> DResult<()> {
+        self.store.save_container(&r).map_err(internal)?;
+        let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert(r.id.clone(), r);
+        Ok(())
+    }
+
+    pub fn drop_sandbox(&self, id: &str) -> DResult<()> {
+        self.store.remove_sandbox(id).map_err(internal)?;
+        let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        s.remove(id);
+        Ok(())
+    }
+
+    pub fn drop_container(&self, id: &str) -> DResult<()> {
+        self.store.remove_container(id).map_err(internal)?;
+        let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        c.remove(id);
+        Ok(())
+    }
+
+    pub fn all_sandboxes(&self) -> Vec<SandboxRecord> {
+        let s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        s.values().cloned().collect()
+    }
+
+    pub fn all_containers(&self) -> Vec<ContainerRecord> {
+        let c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
+        c.values().cloned().collect()
+    }
+
+    pub fn emit(&self, container_id: &str, sandbox_id: &str, kind: pb::ContainerEventType) {
+        let ev = pb::ContainerEventResponse {
+            container_id: container_id.to_string(),
+            container_event_type: kind as i32,
+            created_at: now_ns(),
+            pod_sandbox_status: None,
+            containers_statuses: Vec::new(),
+        };
+        let _ = sandbox_id;
+        let _ = self.events.send(ev);
+    }
+}
+
+/// Finds a record by full ID or unique prefix (crictl accepts prefixes).
+fn find_by_prefix<T: Clone>(m: &HashMap<String, T>, id: &str, what: &str) -> DResult<T> {
+    if id.is_empty() {
+        return Err(DaemonError::Invalid(format!("{what} ID must not be empty")));
+    }
+    if let Some(v) = m.get(id) {
+        return Ok(v.clone());
+    }
+    let hits: Vec<&String> = m.keys().filter(|k| k.starts_with(id)).collect();
+    match hits.as_slice() {
+        [one] => Ok(m[*one].clone()),
+        [] => Err(DaemonError::NotFound(format!("{what} \"{id}\" not found"))),
+        _ => Err(DaemonError::Invalid(format!(
+            "{what} ID prefix \"{id}\" is ambiguous"
+        ))),
+    }
+}
+
+/// Whether `labels` has every pair of `selector`.
+pub fn matches_labels(
+    labels: &HashMap<String, String>,
+    selector: &HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Runs blocking host work off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> DResult<T> + Send + 'static,
+) -> DResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::Internal(format!("worker task: {e}")))?
+}
+
+/// Waits up to `d` for `cond`, polling.
+pub async fn wait_until(d: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + d;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
