@@ -227,7 +227,7 @@ mod tests {
         );
         assert_eq!(
             sysctl_path("net.ipv4.conf.eth0/100.forwarding").as_deref(),
-            Ok("/proc/sys/net/ipv4/conf/eth0/100/forwarding")
+            Ok("/proc/sys/net/ipv4/conf/eth0.100/forwarding")
         );
         for bad in ["", "..", "a..b", "net.//", "net./..", "net./"] {
             assert!(sysctl_path(bad).is_err(), "{bad}");
