@@ -65,9 +65,11 @@ fn beside_me(name: &str, given: Option<PathBuf>) -> Result<PathBuf> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // -v raises keelson's own logs; the gRPC stack's stay at info unless asked for (-v 3).
     let level = match args.verbosity {
         0 => "info",
-        1 => "debug",
+        1 => "info,keelsond=debug,keelson_cri=debug,keelson_image=debug",
+        2 => "info,keelsond=trace,keelson_cri=trace,keelson_image=trace",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

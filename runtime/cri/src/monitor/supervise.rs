@@ -392,7 +392,7 @@ impl Supervisor {
             oom_killed,
             pid: self.init_pid,
         };
-        let _ = std::fs::remove_file(self.state_dir.join(pidfile::PID_FILE));
+        // The exit file first, the pid file after: whoever finds no pid file finds the exit.
         match write_exit(&self.exit_file, &st) {
             Ok(()) => tracing::info!(?st, "exit recorded"),
             Err(e) => tracing::error!(
@@ -401,6 +401,7 @@ impl Supervisor {
                 "writing the exit file"
             ),
         }
+        let _ = std::fs::remove_file(self.state_dir.join(pidfile::PID_FILE));
     }
 }
 

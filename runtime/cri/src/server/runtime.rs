@@ -80,6 +80,9 @@ impl Runtime {
                 reason: String::new(),
                 message: String::new(),
             },
+            // The monitor records the exit before it goes: a second look settles a race
+            // with a monitor that was just finishing.
+            None if mon::read_exit(&r.exit_file).is_some() => self.observe(r),
             None => Observed {
                 state: pb::ContainerState::ContainerExited,
                 finished_at: 0,
