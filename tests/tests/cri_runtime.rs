@@ -894,3 +894,117 @@ fn bad_requests_get_clear_errors_and_leave_nothing() {
     assert!(dirs(k.state().join("keelson")).is_empty());
     assert!(dirs(k.root().join("images/snapshots/active")).is_empty());
 }
+
+#[test]
+fn update_resources_and_container_events() {
+    let (_reg, image) = registry_with_busybox("upd");
+    let k = Keelsond::start("update").expect("keelsond");
+    pull(&k, &image);
+    let cfg = pod_config(&k, "upd");
+    let pod = run_pod(&k, cfg.clone());
+    k.block_on(async {
+        let mut rt = k.runtime().await.expect("client");
+        let mut events = rt
+            .get_container_events(pb::GetEventsRequest {})
+            .await
+            .expect("events")
+            .into_inner();
+        let c = rt
+            .create_container(pb::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config("upd", &image, "sleep 1000")),
+                sandbox_config: Some(cfg.clone()),
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .container_id;
+        rt.start_container(pb::StartContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect("start");
+        rt.update_container_resources(pb::UpdateContainerResourcesRequest {
+            container_id: c.clone(),
+            linux: Some(pb::LinuxContainerResources {
+                memory_limit_in_bytes: 48 << 20,
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+        let r = rt
+            .exec_sync(pb::ExecSyncRequest {
+                container_id: c.clone(),
+                cmd: vec![
+                    "cat".into(),
+                    "/sys/fs/cgroup/memory/memory.limit_in_bytes".into(),
+                    "/sys/fs/cgroup/cpu/cpu.shares".into(),
+                ],
+                timeout: 10,
+            })
+            .await
+            .expect("exec")
+            .into_inner();
+        let out = String::from_utf8_lossy(&r.stdout).to_string();
+        assert_eq!(out, format!("{}\n512\n", 48u64 << 20), "{r:?}");
+        let st = rt
+            .container_status(pb::ContainerStatusRequest {
+                container_id: c.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status");
+        let res = st.resources.and_then(|r| r.linux).expect("resources");
+        assert_eq!(res.memory_limit_in_bytes, 48 << 20);
+        let e = rt
+            .update_container_resources(pb::UpdateContainerResourcesRequest {
+                container_id: c.clone(),
+                linux: Some(pb::LinuxContainerResources {
+                    memory_limit_in_bytes: -5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect_err("negative limit");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        rt.stop_container(pb::StopContainerRequest {
+            container_id: c.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect("stop");
+        rt.remove_container(pb::RemoveContainerRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect("remove");
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .expect("event in time")
+                .expect("stream")
+                .expect("event");
+            if ev.container_id == c {
+                seen.push(ev.container_event_type);
+            }
+        }
+        use pb::ContainerEventType as E;
+        assert_eq!(
+            seen,
+            vec![
+                E::ContainerCreatedEvent as i32,
+                E::ContainerStartedEvent as i32,
+                E::ContainerStoppedEvent as i32,
+                E::ContainerDeletedEvent as i32
+            ]
+        );
+    });
+}

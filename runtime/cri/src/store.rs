@@ -84,9 +84,6 @@ pub struct ContainerRecord {
     pub created_at: i64,
     #[serde(default)]
     pub started_at: i64,
-    /// Set by StopContainer/RemoveContainer when keelsond itself killed the container.
-    #[serde(default)]
-    pub stop_requested: bool,
     pub log_path: String,
     pub bundle: PathBuf,
     pub exit_file: PathBuf,

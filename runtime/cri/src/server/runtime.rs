@@ -186,9 +186,6 @@ impl Runtime {
             // Never started: nothing runs the user's program; the monitor goes with delete.
             return Ok(());
         }
-        let mut rec = r.clone();
-        rec.stop_requested = true;
-        self.d.put_container(rec.clone())?;
         let root = self.d.cfg.engine_root();
         let exit_file = r.exit_file.clone();
         if timeout > 0 {
@@ -1248,7 +1245,6 @@ fn create_container_blocking(
         image_ref,
         created_at: now_ns(),
         started_at: 0,
-        stop_requested: false,
         log_path,
         bundle,
         exit_file,
