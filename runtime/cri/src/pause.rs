@@ -156,8 +156,9 @@ pub fn main_with(args: &[String]) -> i32 {
     match unsafe { fork() } {
         Err(e) => fail(&format!("fork: {e}")),
         Ok(ForkResult::Parent { child }) => {
-            println!("pid {child}");
-            let _ = std::io::stdout().flush();
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "pid {child}");
+            let _ = out.flush();
             0
         }
         Ok(ForkResult::Child) => hold(&set),
@@ -165,16 +166,18 @@ pub fn main_with(args: &[String]) -> i32 {
 }
 
 fn fail(msg: &str) -> i32 {
-    println!("error: {msg}");
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "error: {msg}");
+    let _ = out.flush();
     1
 }
 
 /// The holder: its own session, no output, reaps whatever ends up as its child.
 fn hold(set: &SigSet) -> i32 {
     let _ = setsid();
-    println!("ready");
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -195,8 +195,8 @@ fn start_inner(pause_bin: &Path, spec: &InfraSpec, infra: &mut Infra) -> Result<
         } else if let Some(e) = line.strip_prefix("error: ") {
             failure = Some(e.to_string());
         } else if line == "ready" {
+            // Either process may speak first: read on to end of file (both have closed).
             ready = true;
-            break;
         }
     }
     let status = child.wait().map_err(|e| infra_err(e.to_string()))?;
