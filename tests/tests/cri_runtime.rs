@@ -848,11 +848,18 @@ fn bad_requests_get_clear_errors_and_leave_nothing() {
         });
         let mut no_meta = container_config("nometa", &image, "true");
         no_meta.metadata = None;
+        let mut absurd = container_config("absurd", &image, "true");
+        absurd.linux.get_or_insert_with(Default::default).resources =
+            Some(pb::LinuxContainerResources {
+                cpu_shares: -3,
+                ..Default::default()
+            });
         for (what, c, code) in [
             ("relative mount", relative, tonic::Code::InvalidArgument),
             ("no image", no_image, tonic::Code::InvalidArgument),
             ("missing image", missing_image, tonic::Code::NotFound),
             ("no metadata", no_meta, tonic::Code::InvalidArgument),
+            ("negative cpu shares", absurd, tonic::Code::InvalidArgument),
         ] {
             let e = rt
                 .create_container(pb::CreateContainerRequest {

@@ -528,6 +528,7 @@ pub fn build(i: &Inputs<'_>) -> Result<Value> {
 
     let mut res = json!({"devices": device_rules});
     if let Some(r) = resources {
+        check_resources(r)?;
         let mut cpu = serde_json::Map::new();
         if r.cpu_shares != 0 {
             cpu.insert("shares".into(), json!(r.cpu_shares));
@@ -636,6 +637,34 @@ pub fn build(i: &Inputs<'_>) -> Result<Value> {
         "annotations": annotations,
         "linux": linux_json,
     }))
+}
+
+/// Refuses resource values no kernel accepts, naming the field.
+pub fn check_resources(r: &pb::LinuxContainerResources) -> Result<()> {
+    let bad = |field: &str, v: i64| {
+        Err(SpecError::Invalid(format!(
+            "resources.{field} {v} is out of range"
+        )))
+    };
+    if r.cpu_shares < 0 || r.cpu_shares > 262_144 {
+        return bad("cpu_shares", r.cpu_shares);
+    }
+    if r.cpu_period < 0 {
+        return bad("cpu_period", r.cpu_period);
+    }
+    if r.cpu_quota < -1 {
+        return bad("cpu_quota", r.cpu_quota);
+    }
+    if r.memory_limit_in_bytes < 0 {
+        return bad("memory_limit_in_bytes", r.memory_limit_in_bytes);
+    }
+    if r.memory_swap_limit_in_bytes < -1 {
+        return bad("memory_swap_limit_in_bytes", r.memory_swap_limit_in_bytes);
+    }
+    if !(-1000..=1000).contains(&r.oom_score_adj) {
+        return bad("oom_score_adj", r.oom_score_adj);
+    }
+    Ok(())
 }
 
 fn cri_mount(m: &pb::Mount, root_propagation: &mut Option<&'static str>) -> Result<Value> {

@@ -1112,6 +1112,7 @@ fn request_sandbox_config(
 
 /// OCI resources of a CRI `LinuxContainerResources` (for `update`).
 fn resources_to_oci(r: &pb::LinuxContainerResources) -> DResult<oci_spec::runtime::LinuxResources> {
+    spec::check_resources(r).map_err(|e| DaemonError::Invalid(e.to_string()))?;
     let mut v = serde_json::json!({});
     let mut cpu = serde_json::Map::new();
     if r.cpu_shares != 0 {
@@ -1131,12 +1132,6 @@ fn resources_to_oci(r: &pb::LinuxContainerResources) -> DResult<oci_spec::runtim
     }
     if !cpu.is_empty() {
         v["cpu"] = serde_json::Value::Object(cpu);
-    }
-    if r.memory_limit_in_bytes < 0 {
-        return Err(DaemonError::Invalid(format!(
-            "memory_limit_in_bytes {} is negative",
-            r.memory_limit_in_bytes
-        )));
     }
     if r.memory_limit_in_bytes > 0 {
         v["memory"] = serde_json::json!({"limit": r.memory_limit_in_bytes});
