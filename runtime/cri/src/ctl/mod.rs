@@ -119,8 +119,11 @@ impl Ctl {
                 let mut msg = e.to_string();
                 let mut src = std::error::Error::source(&e);
                 while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
+                    let s_msg = s.to_string();
+                    if !msg.contains(&s_msg) {
+                        msg.push_str(": ");
+                        msg.push_str(&s_msg);
+                    }
                     src = s.source();
                 }
                 Err(anyhow!("connecting to {uri}: {msg}"))
