@@ -6,6 +6,7 @@
 
 pub mod cni;
 pub mod crilog;
+pub mod ctl;
 pub mod monitor;
 pub mod pause;
 pub mod sandbox;
