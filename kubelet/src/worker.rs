@@ -92,7 +92,18 @@ pub async fn run(
         wake_at: None,
     };
     let mut terminate = false;
-    while !terminate {
+    loop {
+        // What came in while the last sync ran (an orphan's worker starts with Terminate).
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Update(p) => w.pod = *p,
+                Msg::Wake => {}
+                Msg::Terminate => terminate = true,
+            }
+        }
+        if terminate {
+            break;
+        }
         w.wake_at = None;
         if let Err(e) = w.sync().await {
             tracing::warn!(error = %e, "sync failed; retrying");
@@ -104,16 +115,10 @@ pub async fn run(
             m = rx.recv() => m.or(Some(Msg::Terminate)),
             _ = tokio::time::sleep_until(deadline) => None,
         };
-        let mut msgs: Vec<Msg> = first.into_iter().collect();
-        while let Ok(m) = rx.try_recv() {
-            msgs.push(m);
-        }
-        for m in msgs {
-            match m {
-                Msg::Update(p) => w.pod = *p,
-                Msg::Wake => {}
-                Msg::Terminate => terminate = true,
-            }
+        match first {
+            Some(Msg::Update(p)) => w.pod = *p,
+            Some(Msg::Terminate) => terminate = true,
+            Some(Msg::Wake) | None => {}
         }
     }
     let mut delay = Duration::from_secs(1);
@@ -440,7 +445,8 @@ impl Worker {
             }
             Err(e) => {
                 self.pull_backoff.next(&image, now, now);
-                self.wake_in(BACKOFF_INITIAL);
+                // Sync again soon: the status turns to ImagePullBackOff until the back-off ends.
+                self.wake_in(Duration::from_secs(1));
                 Err(Reason {
                     reason: "ErrImagePull".into(),
                     message: format!("failed to pull image \"{image}\": {}", e.message()),
