@@ -77,21 +77,26 @@ fn host_ips() -> Vec<String> {
 }
 
 fn init_logging(flags: &config::Flags) {
+    // --v 2-3 turns on the kubelet's own debug lines; 4+ everything (gRPC/HTTP included).
     let level = match flags.verbosity {
         0 | 1 => "info",
-        2 | 3 => "debug",
+        2 | 3 => "info,kubelet=debug",
+        4 => "debug",
         _ => "trace",
     };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     if flags.log_format == "json" {
         tracing_subscriber::fmt()
             .json()
+            .with_ansi(false)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();
     } else {
         tracing_subscriber::fmt()
+            .with_ansi(ansi)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .init();

@@ -128,6 +128,9 @@ pub fn pod(pod: &Pod) -> Result<(), String> {
                     "spec.{field}[{i}].restartPolicy: Unsupported value: {rp:?}"
                 ));
             }
+            return Err(format!(
+                "spec.{field}[{i}].restartPolicy: sidecar containers (restartPolicy \"Always\" on an init container) are not supported by this kubelet yet"
+            ));
         }
         for p in c.ports.iter().flatten() {
             if !(1..=65535).contains(&p.container_port) {

@@ -461,3 +461,46 @@ fn invalid_configuration_exits_with_a_one_line_reason() {
         assert!(err.contains(want), "{body}: {err}");
     }
 }
+
+#[test]
+fn changed_manifest_replaces_the_pod_and_orphans_go_after_a_restart() {
+    let mut e = env("kl-upd");
+    let v1 = e.simple_pod("upd", "Always", "echo v1; exec /bin/busybox sleep 1000");
+    e.kl.write_manifest("upd.yaml", &v1).expect("manifest");
+    let first =
+        e.kl.wait_pod("upd", WAIT, |p| phase(p) == "Running")
+            .unwrap_or_else(|m| panic!("{m}"));
+    // A spec change: a new UID (the hash of the manifest), the old pod torn down.
+    let v2 = v1.replace("echo v1", "echo v2");
+    e.kl.write_manifest("upd.yaml", &v2).expect("manifest");
+    let second =
+        e.kl.wait_pod("upd", WAIT, |p| {
+            uid(p) != uid(&first) && phase(p) == "Running"
+        })
+        .unwrap_or_else(|m| panic!("{m}"));
+    let end = std::time::Instant::now() + WAIT;
+    while !e.sandboxes_of(&uid(&first)).is_empty() {
+        assert!(std::time::Instant::now() < end, "old sandbox left");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, body) =
+        e.kl.get("/containerLogs/default/upd-kt-node/main")
+            .expect("logs");
+    assert_eq!(body, "v2\n");
+    // The manifest goes while the kubelet is down: the restarted kubelet finds the pod in
+    // the runtime, wanted by no source, and removes it.
+    e.kl.kill9();
+    e.kl.remove_manifest("upd.yaml").expect("rm");
+    assert_eq!(e.sandboxes_of(&uid(&second)).len(), 1);
+    e.kl.restart().expect("restart");
+    let end = std::time::Instant::now() + WAIT;
+    while !e.sandboxes_of(&uid(&second)).is_empty() {
+        assert!(
+            std::time::Instant::now() < end,
+            "orphan sandbox left\n{}",
+            tail(&e.kl.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(e.kl.pod("upd").is_none());
+}
