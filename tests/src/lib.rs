@@ -19,6 +19,7 @@ pub mod console;
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod kubelet;
 pub mod mountinfo;
 pub mod netns;
 pub mod podman;

@@ -1,0 +1,243 @@
+//! `kubelet`: keelson's node agent. Runs static pods (a manifest directory) through their
+//! whole lifecycle on any CRI runtime, and serves the kubelet API.
+
+mod config;
+mod cri;
+mod defaults;
+mod manager;
+mod podconfig;
+mod quantity;
+mod server;
+mod source;
+mod status;
+mod validate;
+mod worker;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use k8s_openapi::api::core::v1::Pod;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// What every part of the kubelet shares.
+pub struct Shared {
+    pub cfg: config::Config,
+    pub cri: cri::Cri,
+    /// The runtime's name from CRI Version, for container IDs `<name>://<id>`.
+    pub runtime_name: String,
+    pub host_ips: Vec<String>,
+    /// The pods of the pod manager by UID, with their latest computed status (for /pods and
+    /// for the status sync to an apiserver later).
+    pub pods: RwLock<BTreeMap<String, Pod>>,
+    pub last_relist: Mutex<Instant>,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_ts() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::from_second(now_ns() / 1_000_000_000).unwrap_or_default()
+}
+
+/// The node's addresses: the IPv4 (then IPv6) addresses of interfaces that are up, loopback
+/// last resort.
+fn host_ips() -> Vec<String> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+                || a.flags
+                    .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+            {
+                continue;
+            }
+            let Some(addr) = a.address else { continue };
+            if let Some(s) = addr.as_sockaddr_in() {
+                v4.push(s.ip().to_string());
+            } else if let Some(s) = addr.as_sockaddr_in6()
+                && !s.ip().is_unicast_link_local()
+            {
+                v6.push(s.ip().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    out.extend(v4.into_iter().take(1));
+    out.extend(v6.into_iter().take(1));
+    if out.is_empty() {
+        out.push("127.0.0.1".into());
+    }
+    out
+}
+
+fn init_logging(flags: &config::Flags) {
+    // --v 2-3 turns on the kubelet's own debug lines; 4+ everything (gRPC/HTTP included).
+    let level = match flags.verbosity {
+        0 | 1 => "info",
+        2 | 3 => "info,kubelet=debug",
+        4 => "debug",
+        _ => "trace",
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if flags.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_ansi(ansi)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
+fn main() {
+    let flags = config::Flags::parse();
+    let cfg = match config::Config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kubelet: invalid configuration: {e}");
+            std::process::exit(1);
+        }
+    };
+    init_logging(&flags);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kubelet: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cfg)) {
+        eprintln!("kubelet: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn bind(addr: &str, port: u16, what: &str) -> Result<tokio::net::TcpListener> {
+    let host = if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    };
+    let l = tokio::net::TcpListener::bind(format!("{host}:{port}"))
+        .await
+        .with_context(|| format!("{what}: listening on {host}:{port}"))?;
+    tracing::info!(address = %l.local_addr()?, "{what} listening");
+    Ok(l)
+}
+
+async fn run(cfg: config::Config) -> Result<()> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    for d in [&cfg.root_dir, &cfg.pod_logs_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let mut cri = cri::connect(&cfg.runtime_endpoint, &cfg.image_endpoint)
+        .with_context(|| format!("container runtime endpoint {}", cfg.runtime_endpoint))?;
+    // Upstream fails when the runtime does not answer; give it a minute to come up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let version = loop {
+        match cri.version().await {
+            Ok(v) => break v,
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(endpoint = %cfg.runtime_endpoint, error = %e.message(), "the container runtime does not answer yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => anyhow::bail!(
+                "validate service connection: {} (runtime endpoint {})",
+                e.message(),
+                cfg.runtime_endpoint
+            ),
+        }
+    };
+    tracing::info!(
+        runtime = %version.runtime_name,
+        version = %version.runtime_version,
+        api = %version.runtime_api_version,
+        node = %cfg.node_name,
+        "connected to the container runtime"
+    );
+    let healthz = if cfg.healthz_port > 0 {
+        Some(
+            bind(
+                &cfg.healthz_bind_address,
+                cfg.healthz_port,
+                "healthz server",
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let main = bind(&cfg.address, cfg.port, "kubelet server (plain HTTP)").await?;
+    let read_only = if cfg.read_only_port > 0 {
+        Some(bind(&cfg.address, cfg.read_only_port, "read-only kubelet server").await?)
+    } else {
+        None
+    };
+    let sh = std::sync::Arc::new(Shared {
+        runtime_name: version.runtime_name.clone(),
+        host_ips: host_ips(),
+        cri,
+        pods: RwLock::new(BTreeMap::new()),
+        last_relist: Mutex::new(Instant::now()),
+        cfg: cfg.clone(),
+    });
+    if let Some(l) = healthz {
+        tokio::spawn(server::serve(sh.clone(), l, false));
+    }
+    tokio::spawn(server::serve(sh.clone(), main, true));
+    if let Some(l) = read_only {
+        tokio::spawn(server::serve(sh.clone(), l, true));
+    }
+    let (src_tx, src_rx) = tokio::sync::mpsc::channel(4);
+    let (pleg_tx, pleg_rx) = tokio::sync::mpsc::channel(64);
+    match cfg.static_pod_path.clone() {
+        Some(dir) => {
+            tracing::info!(path = %dir.display(), every = ?cfg.file_check_frequency, "watching static pod manifests");
+            tokio::spawn(manager::file_source(
+                dir,
+                cfg.node_name.clone(),
+                cfg.file_check_frequency,
+                src_tx,
+            ));
+        }
+        None => {
+            tracing::warn!("no staticPodPath: this standalone kubelet has no pods to run");
+            let _ = src_tx
+                .send(manager::SourceUpdate {
+                    pods: BTreeMap::new(),
+                })
+                .await;
+            // Keep the channel open.
+            std::mem::forget(src_tx);
+        }
+    }
+    tokio::spawn(manager::pleg(sh.clone(), Duration::from_secs(1), pleg_tx));
+    let mgr = tokio::spawn(manager::run(sh.clone(), src_rx, pleg_rx));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting (pods keep running)"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: exiting (pods keep running)"),
+        r = mgr => { r.context("the pod manager stopped")?; }
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! The pod manager: one place where config sources (today the static pod directory; the
+//! apiserver next) meet the pod workers, plus the PLEG that wakes workers on runtime changes
+//! and finds pods the runtime runs that no source wants any more (after a restart).
+
+use crate::Shared;
+use crate::source::{self, CONFIG_SEEN, SourcedPod};
+use crate::worker::{self, Msg};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+/// What a source says: the whole set of pods it wants now.
+pub struct SourceUpdate {
+    pub pods: BTreeMap<String, SourcedPod>,
+}
+
+struct Handle {
+    tx: mpsc::UnboundedSender<Msg>,
+    terminating: bool,
+}
+
+pub struct Manager {
+    sh: Arc<Shared>,
+    desired: BTreeMap<String, Pod>,
+    workers: HashMap<String, Handle>,
+    done_tx: mpsc::UnboundedSender<String>,
+    sources_ready: bool,
+    /// PLEG reports that came before the sources were ready (checked once they are).
+    early: HashSet<String>,
+}
+
+fn same_pod(a: &Pod, b: &Pod) -> bool {
+    a.spec == b.spec && a.metadata.labels == b.metadata.labels && {
+        let strip = |p: &Pod| {
+            let mut a = p.metadata.annotations.clone().unwrap_or_default();
+            a.remove(CONFIG_SEEN);
+            a
+        };
+        strip(a) == strip(b)
+    }
+}
+
+impl Manager {
+    fn spawn(&mut self, pod: Pod) {
+        let (ns, name, uid) = crate::podconfig::meta(&pod);
+        let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"), uid = %uid);
+        let uid = uid.to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(worker::run(self.sh.clone(), pod, rx, self.done_tx.clone()).instrument(span));
+        self.workers.insert(
+            uid,
+            Handle {
+                tx,
+                terminating: false,
+            },
+        );
+    }
+
+    fn active(&self) -> usize {
+        self.workers.values().filter(|h| !h.terminating).count()
+    }
+
+    fn apply(&mut self, update: SourceUpdate) {
+        self.apply_update(update);
+        if !self.sources_ready {
+            self.sources_ready = true;
+            let early = std::mem::take(&mut self.early);
+            self.pleg_event(early);
+        }
+    }
+
+    fn apply_update(&mut self, update: SourceUpdate) {
+        let now = crate::now_ts().to_string();
+        // Removed pods: terminate their workers and drop them from /pods.
+        let gone: Vec<String> = self
+            .desired
+            .keys()
+            .filter(|u| !update.pods.contains_key(*u))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.desired.remove(&uid);
+            self.sh
+                .pods
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&uid);
+            if let Some(h) = self.workers.get_mut(&uid)
+                && !h.terminating
+            {
+                tracing::info!(uid = %uid, "pod removed from its source; terminating");
+                let _ = h.tx.send(Msg::Terminate);
+                h.terminating = true;
+            }
+        }
+        for (uid, sp) in update.pods {
+            let mut pod = sp.pod;
+            match self.desired.get(&uid) {
+                Some(old) if same_pod(old, &pod) => continue,
+                Some(old) => {
+                    // Keep when it was first seen.
+                    let seen = old
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(CONFIG_SEEN))
+                        .cloned();
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(CONFIG_SEEN.into(), seen.unwrap_or_else(|| now.clone()));
+                    tracing::info!(uid = %uid, file = %sp.file.display(), "pod updated");
+                    self.desired.insert(uid.clone(), pod.clone());
+                    if let Some(e) = self
+                        .sh
+                        .pods
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_mut(&uid)
+                    {
+                        let status = e.status.take();
+                        *e = pod.clone();
+                        e.status = status;
+                    }
+                    if let Some(h) = self.workers.get(&uid)
+                        && !h.terminating
+                    {
+                        let _ = h.tx.send(Msg::Update(Box::new(pod)));
+                    }
+                }
+                None => {
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(CONFIG_SEEN.into(), now.clone());
+                    tracing::info!(uid = %uid, file = %sp.file.display(), pod = ?pod.metadata.name, "pod added");
+                    self.desired.insert(uid.clone(), pod.clone());
+                    if self.active() >= self.sh.cfg.max_pods {
+                        // Upstream's admission: the pod fails with OutOfpods.
+                        let mut p = pod;
+                        p.status = Some(PodStatus {
+                            phase: Some("Failed".into()),
+                            reason: Some("OutOfpods".into()),
+                            message: Some(format!(
+                                "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
+                                self.active(),
+                                self.sh.cfg.max_pods
+                            )),
+                            ..Default::default()
+                        });
+                        self.sh
+                            .pods
+                            .write()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(uid, p);
+                        continue;
+                    }
+                    self.sh
+                        .pods
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(uid.clone(), pod.clone());
+                    if !self.workers.contains_key(&uid) {
+                        self.spawn(pod);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pleg_event(&mut self, uids: HashSet<String>) {
+        for uid in uids {
+            if let Some(h) = self.workers.get(&uid) {
+                let _ = h.tx.send(Msg::Wake);
+            } else if !self.sources_ready {
+                self.early.insert(uid);
+            } else if self.sources_ready && !self.desired.contains_key(&uid) {
+                // Runs in the runtime, wanted by no source: an orphan (e.g. its manifest went
+                // away while the kubelet was down). Tear it down.
+                tracing::info!(uid = %uid, "pod found in the runtime that no source wants; terminating");
+                let mut pod = Pod::default();
+                pod.metadata.uid = Some(uid.clone());
+                self.spawn(pod);
+                if let Some(h) = self.workers.get_mut(&uid) {
+                    let _ = h.tx.send(Msg::Terminate);
+                    h.terminating = true;
+                }
+            }
+        }
+    }
+
+    fn worker_done(&mut self, uid: String) {
+        self.workers.remove(&uid);
+        if let Some(pod) = self.desired.get(&uid).cloned() {
+            // Added again while it was terminating.
+            self.spawn(pod);
+        }
+    }
+}
+
+/// Runs the pod manager until the sources close.
+pub async fn run(
+    sh: Arc<Shared>,
+    mut sources: mpsc::Receiver<SourceUpdate>,
+    mut pleg: mpsc::Receiver<HashSet<String>>,
+) {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut m = Manager {
+        sh,
+        desired: BTreeMap::new(),
+        workers: HashMap::new(),
+        done_tx,
+        sources_ready: false,
+        early: HashSet::new(),
+    };
+    loop {
+        tokio::select! {
+            u = sources.recv() => match u {
+                Some(u) => m.apply(u),
+                None => break,
+            },
+            Some(ev) = pleg.recv() => m.pleg_event(ev),
+            Some(uid) = done_rx.recv() => m.worker_done(uid),
+        }
+    }
+}
+
+/// The static pod source: scans `dir` every `every` and sends the set when it changed.
+/// Invalid files are logged once per change of their reason.
+pub async fn file_source(
+    dir: PathBuf,
+    node_name: String,
+    every: Duration,
+    tx: mpsc::Sender<SourceUpdate>,
+) {
+    let mut last: Option<Vec<(String, PathBuf, String)>> = None;
+    let mut logged: BTreeMap<PathBuf, String> = BTreeMap::new();
+    loop {
+        let d = dir.clone();
+        let n = node_name.clone();
+        let scan = match tokio::task::spawn_blocking(move || source::scan(&d, &n)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "scanning the static pod directory");
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        };
+        for (f, e) in &scan.errors {
+            if logged.get(f) != Some(e) {
+                tracing::error!(file = %f.display(), "invalid static pod manifest: {e}");
+            }
+        }
+        logged = scan.errors.clone();
+        let fingerprint: Vec<(String, PathBuf, String)> = scan
+            .pods
+            .iter()
+            .map(|(u, p)| {
+                (
+                    u.clone(),
+                    p.file.clone(),
+                    serde_json::to_string(&p.pod).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if last.as_ref() != Some(&fingerprint) {
+            last = Some(fingerprint);
+            if tx.send(SourceUpdate { pods: scan.pods }).await.is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The PLEG: relists the runtime every `period`, sends the UIDs whose sandboxes or
+/// containers changed, and records when a relist last succeeded (for /healthz).
+pub async fn pleg(sh: Arc<Shared>, period: Duration, tx: mpsc::Sender<HashSet<String>>) {
+    let mut cri = sh.cri.clone();
+    let mut last: HashMap<String, Vec<(String, i32)>> = HashMap::new();
+    let mut first = true;
+    loop {
+        match cri.relist().await {
+            Ok(now) => {
+                *sh.last_relist.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                let mut changed: HashSet<String> = HashSet::new();
+                for (uid, v) in &now {
+                    if first || last.get(uid) != Some(v) {
+                        changed.insert(uid.clone());
+                    }
+                }
+                for uid in last.keys() {
+                    if !now.contains_key(uid) {
+                        changed.insert(uid.clone());
+                    }
+                }
+                first = false;
+                last = now;
+                if !changed.is_empty() && tx.send(changed).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "PLEG relist failed");
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}

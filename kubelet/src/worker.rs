@@ -1,0 +1,687 @@
+//! Pod workers: one task per pod, syncs serialized within the pod, never blocking other pods.
+//!
+//! A sync compares the spec with what the runtime reports (by the pod's UID label) and acts on
+//! the difference: sandbox, image pulls, init containers one by one to completion, then app
+//! containers, restarts per restartPolicy with CrashLoopBackOff. A worker told to terminate
+//! stops the containers (grace period), stops and removes the sandboxes, and ends.
+
+use crate::cri::{self, Cri, PodRuntime};
+use crate::podconfig::{self, PodFacts, meta, spec};
+use crate::status::{self, Reason};
+use crate::{Shared, now_ns};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use keelson_proto::runtime::v1 as pb;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub enum Msg {
+    Update(Box<Pod>),
+    Wake,
+    Terminate,
+}
+
+const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Upstream's `flowcontrol.Backoff` for one key: the delay doubles from 10 s to 5 min; an
+/// entry idle for twice the maximum starts over.
+#[derive(Default)]
+struct Backoff {
+    entries: HashMap<String, (Duration, i64)>,
+}
+
+impl Backoff {
+    fn fresh(&self, key: &str, now: i64) -> Option<(Duration, i64)> {
+        self.entries
+            .get(key)
+            .copied()
+            .filter(|(_, last)| now - last <= 2 * BACKOFF_MAX.as_nanos() as i64)
+    }
+
+    /// Time left in back-off for an event at `since` (ns), if any.
+    fn remaining(&self, key: &str, since: i64, now: i64) -> Option<(Duration, Duration)> {
+        let (delay, _) = self.fresh(key, now)?;
+        let elapsed = Duration::from_nanos(u64::try_from(now - since).unwrap_or(0));
+        (elapsed < delay).then(|| (delay, delay - elapsed))
+    }
+
+    fn next(&mut self, key: &str, at: i64, now: i64) {
+        let delay = match self.fresh(key, now) {
+            Some((d, _)) => (d * 2).min(BACKOFF_MAX),
+            None => BACKOFF_INITIAL,
+        };
+        self.entries.insert(key.to_string(), (delay, at));
+    }
+
+    fn reset(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+}
+
+struct Worker {
+    sh: Arc<Shared>,
+    cri: Cri,
+    pod: Pod,
+    uid: String,
+    reasons: HashMap<String, Reason>,
+    crash_backoff: Backoff,
+    pull_backoff: Backoff,
+    wake_at: Option<Instant>,
+}
+
+/// Runs a pod worker until it is told to terminate and has torn the pod down; then reports
+/// `uid` on `done`.
+pub async fn run(
+    sh: Arc<Shared>,
+    pod: Pod,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    done: mpsc::UnboundedSender<String>,
+) {
+    let uid = meta(&pod).2.to_string();
+    let mut w = Worker {
+        cri: sh.cri.clone(),
+        sh,
+        pod,
+        uid: uid.clone(),
+        reasons: HashMap::new(),
+        crash_backoff: Backoff::default(),
+        pull_backoff: Backoff::default(),
+        wake_at: None,
+    };
+    let mut terminate = false;
+    loop {
+        // What came in while the last sync ran (an orphan's worker starts with Terminate).
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Update(p) => w.pod = *p,
+                Msg::Wake => {}
+                Msg::Terminate => terminate = true,
+            }
+        }
+        if terminate {
+            break;
+        }
+        w.wake_at = None;
+        if let Err(e) = w.sync().await {
+            tracing::warn!(error = %e, "sync failed; retrying");
+            w.wake_at = Some(Instant::now() + Duration::from_secs(2));
+        }
+        let resync = Instant::now() + w.sh.cfg.sync_frequency;
+        let deadline = w.wake_at.map_or(resync, |t| t.min(resync));
+        let first = tokio::select! {
+            m = rx.recv() => m.or(Some(Msg::Terminate)),
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        match first {
+            Some(Msg::Update(p)) => w.pod = *p,
+            Some(Msg::Terminate) => terminate = true,
+            Some(Msg::Wake) | None => {}
+        }
+    }
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match w.terminate().await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "tearing the pod down failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    tracing::info!("pod terminated");
+    let _ = done.send(uid);
+}
+
+fn should_restart(policy: &str, exit_code: i32) -> bool {
+    match policy {
+        "Always" => true,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
+}
+
+type SyncResult = Result<(), tonic::Status>;
+
+impl Worker {
+    fn policy(&self) -> String {
+        spec(&self.pod)
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn wake_in(&mut self, d: Duration) {
+        let t = Instant::now() + d;
+        self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+    }
+
+    /// Computes the status from `rt` and publishes it; returns the phase.
+    fn publish(&self, rt: &PodRuntime) -> String {
+        let mut statuses = self.sh.pods.write().unwrap_or_else(|p| p.into_inner());
+        let Some(entry) = statuses.get_mut(&self.uid) else {
+            return String::new();
+        };
+        let ctx = status::Context {
+            reasons: &self.reasons,
+            old: entry.status.as_ref(),
+            runtime_name: &self.sh.runtime_name,
+            host_ips: &self.sh.host_ips,
+            now: crate::now_ts(),
+        };
+        let st = status::compute(&self.pod, rt, &ctx);
+        let phase = st.phase.clone().unwrap_or_default();
+        entry.status = Some(st);
+        phase
+    }
+
+    async fn sync(&mut self) -> SyncResult {
+        let rt = self.cri.pod(&self.uid).await?;
+        let phase = self.publish(&rt);
+        if phase == "Succeeded" || phase == "Failed" {
+            // A terminal pod: nothing runs any more; the sandbox goes, the containers stay
+            // for their logs and statuses.
+            self.kill_containers(&rt, self.grace()).await?;
+            for s in rt.sandboxes.iter().filter(|s| s.ready) {
+                self.cri
+                    .runtime
+                    .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                        pod_sandbox_id: s.id.clone(),
+                    })
+                    .await?;
+            }
+            return Ok(());
+        }
+        let sandbox = match rt.ready_sandbox() {
+            Some(s) => s.clone(),
+            None => {
+                if !self.create_sandbox(&rt).await? {
+                    return Ok(());
+                }
+                let rt = self.cri.pod(&self.uid).await?;
+                self.publish(&rt);
+                match rt.ready_sandbox() {
+                    Some(s) => s.clone(),
+                    None => return Err(tonic::Status::unavailable("the new sandbox is not ready")),
+                }
+            }
+        };
+        let rt = self.cri.pod(&self.uid).await?;
+        self.sync_containers(&rt, &sandbox).await?;
+        self.prune(&rt).await;
+        let rt = self.cri.pod(&self.uid).await?;
+        self.publish(&rt);
+        Ok(())
+    }
+
+    /// Creates the pod's sandbox; false when the pod must not get one (restartPolicy Never
+    /// after its containers ran).
+    async fn create_sandbox(&mut self, rt: &PodRuntime) -> Result<bool, tonic::Status> {
+        let attempt = rt.sandboxes.first().map(|s| s.attempt + 1).unwrap_or(0);
+        if self.policy() == "Never" && !rt.sandboxes.is_empty() && !rt.containers.is_empty() {
+            return Ok(false);
+        }
+        // Whatever ran in an old sandbox goes with it.
+        self.kill_containers(rt, self.grace()).await?;
+        for s in rt.sandboxes.iter().filter(|s| s.ready) {
+            self.cri
+                .runtime
+                .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                    pod_sandbox_id: s.id.clone(),
+                })
+                .await?;
+        }
+        let cfg = podconfig::sandbox_config(&self.sh.cfg, &self.pod, attempt);
+        if let Err(e) = std::fs::create_dir_all(&cfg.log_directory) {
+            tracing::warn!(dir = %cfg.log_directory, error = %e, "creating the pod log directory");
+        }
+        tracing::info!(attempt, "creating the pod sandbox");
+        match self
+            .cri
+            .runtime
+            .run_pod_sandbox(pb::RunPodSandboxRequest {
+                config: Some(cfg),
+                runtime_handler: String::new(),
+            })
+            .await
+        {
+            Ok(r) => {
+                tracing::info!(sandbox = %r.into_inner().pod_sandbox_id, "sandbox ready");
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "FailedCreatePodSandBox");
+                self.wake_in(Duration::from_secs(5));
+                Ok(false)
+            }
+        }
+    }
+
+    fn facts(&self, sandbox: &cri::Sandbox) -> PodFacts {
+        let host_ip = self.sh.host_ips.first().cloned().unwrap_or_default();
+        PodFacts {
+            pod_ip: if spec(&self.pod).host_network.unwrap_or(false) {
+                host_ip.clone()
+            } else {
+                sandbox.ips.first().cloned().unwrap_or_default()
+            },
+            host_ip,
+            node_name: self.sh.cfg.node_name.clone(),
+        }
+    }
+
+    async fn sync_containers(&mut self, rt: &PodRuntime, sandbox: &cri::Sandbox) -> SyncResult {
+        let s = spec(&self.pod).clone();
+        let policy = self.policy();
+        let in_sandbox = |name: &str| {
+            rt.instances(name)
+                .find(|c| c.sandbox_id == sandbox.id)
+                .cloned()
+        };
+        // Init containers: one at a time, each to completion.
+        for ic in s.init_containers.iter().flatten() {
+            match in_sandbox(&ic.name) {
+                None => return self.start(ic, "init", rt, sandbox).await,
+                Some(c) => match c.state {
+                    pb::ContainerState::ContainerRunning => return Ok(()),
+                    pb::ContainerState::ContainerExited if c.exit_code == 0 => continue,
+                    pb::ContainerState::ContainerExited => {
+                        if policy == "Never" {
+                            return Ok(());
+                        }
+                        return self
+                            .restart_after_backoff(ic, "init", &c, rt, sandbox)
+                            .await;
+                    }
+                    _ => {
+                        self.remove_container(&c.id).await?;
+                        return self.start(ic, "init", rt, sandbox).await;
+                    }
+                },
+            }
+        }
+        for c in &s.containers {
+            match in_sandbox(&c.name) {
+                None => self.start(c, "app", rt, sandbox).await?,
+                Some(cur) => match cur.state {
+                    pb::ContainerState::ContainerRunning => {
+                        if !cur.hash.is_empty() && cur.hash != podconfig::container_hash(c) {
+                            tracing::info!(container = %c.name, "container spec changed; killing and recreating");
+                            self.stop_container(&cur.id, self.grace()).await?;
+                            self.start(c, "app", rt, sandbox).await?;
+                        }
+                    }
+                    pb::ContainerState::ContainerExited => {
+                        if should_restart(&policy, cur.exit_code) {
+                            self.restart_after_backoff(c, "app", &cur, rt, sandbox)
+                                .await?;
+                        } else {
+                            self.reasons.remove(&c.name);
+                        }
+                    }
+                    _ => {
+                        self.remove_container(&cur.id).await?;
+                        self.start(c, "app", rt, sandbox).await?;
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// Upstream's `doBackOff`: restart now, or wait with CrashLoopBackOff.
+    async fn restart_after_backoff(
+        &mut self,
+        c: &Container,
+        kind: &str,
+        exited: &cri::Container,
+        rt: &PodRuntime,
+        sandbox: &cri::Sandbox,
+    ) -> SyncResult {
+        let key = format!("{}_{}", c.name, podconfig::container_hash(c));
+        let now = now_ns();
+        let finished = if exited.finished_at > 0 {
+            exited.finished_at
+        } else {
+            now
+        };
+        if let Some((delay, left)) = self.crash_backoff.remaining(&key, finished, now) {
+            let (ns, name, _) = meta(&self.pod);
+            self.reasons.insert(
+                c.name.clone(),
+                Reason {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!(
+                        "back-off {} restarting failed container={} pod={name}_{ns}({})",
+                        humantime::format_duration(delay),
+                        c.name,
+                        self.uid
+                    ),
+                },
+            );
+            self.wake_in(left + Duration::from_millis(100));
+            return Ok(());
+        }
+        self.crash_backoff.next(&key, finished, now);
+        self.start(c, kind, rt, sandbox).await
+    }
+
+    /// The image for `c`, pulled as its policy says; Err is the waiting reason.
+    async fn ensure_image(
+        &mut self,
+        c: &Container,
+        sandbox_cfg: &pb::PodSandboxConfig,
+    ) -> Result<String, Reason> {
+        let image = c.image.clone().unwrap_or_default();
+        let policy = c
+            .image_pull_policy
+            .clone()
+            .unwrap_or_else(|| crate::defaults::image_pull_policy(&image).to_string());
+        let spec_img = pb::ImageSpec {
+            image: image.clone(),
+            user_specified_image: image.clone(),
+            ..Default::default()
+        };
+        let present = match self
+            .cri
+            .images
+            .image_status(pb::ImageStatusRequest {
+                image: Some(spec_img.clone()),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().image.is_some(),
+            Err(e) => {
+                return Err(Reason {
+                    reason: "ErrImageInspect".into(),
+                    message: format!("Failed to inspect image \"{image}\": {}", e.message()),
+                });
+            }
+        };
+        if present && policy != "Always" {
+            return Ok(image);
+        }
+        if !present && policy == "Never" {
+            return Err(Reason {
+                reason: "ErrImageNeverPull".into(),
+                message: format!(
+                    "Container image \"{image}\" is not present with pull policy of Never"
+                ),
+            });
+        }
+        let now = now_ns();
+        if let Some(entry) = self.pull_backoff.fresh(&image, now)
+            && self.pull_backoff.remaining(&image, entry.1, now).is_some()
+        {
+            let left = self
+                .pull_backoff
+                .remaining(&image, entry.1, now)
+                .map(|r| r.1)
+                .unwrap_or_default();
+            self.wake_in(left + Duration::from_millis(100));
+            return Err(Reason {
+                reason: "ImagePullBackOff".into(),
+                message: format!("Back-off pulling image \"{image}\""),
+            });
+        }
+        tracing::info!(image = %image, "pulling image");
+        match self
+            .cri
+            .images
+            .pull_image(pb::PullImageRequest {
+                image: Some(spec_img),
+                auth: None,
+                sandbox_config: Some(sandbox_cfg.clone()),
+            })
+            .await
+        {
+            Ok(_) => {
+                self.pull_backoff.reset(&image);
+                Ok(image)
+            }
+            Err(e) => {
+                self.pull_backoff.next(&image, now, now);
+                // Sync again soon: the status turns to ImagePullBackOff until the back-off ends.
+                self.wake_in(Duration::from_secs(1));
+                Err(Reason {
+                    reason: "ErrImagePull".into(),
+                    message: format!("failed to pull image \"{image}\": {}", e.message()),
+                })
+            }
+        }
+    }
+
+    /// Pulls, creates and starts one container; failures become its waiting reason.
+    async fn start(
+        &mut self,
+        c: &Container,
+        kind: &str,
+        rt: &PodRuntime,
+        sandbox: &cri::Sandbox,
+    ) -> SyncResult {
+        let restart_count = rt.latest(&c.name).map(|l| l.restart_count + 1).unwrap_or(0);
+        let sandbox_cfg = podconfig::sandbox_config(&self.sh.cfg, &self.pod, sandbox.attempt);
+        let image = match self.ensure_image(c, &sandbox_cfg).await {
+            Ok(i) => i,
+            Err(r) => {
+                tracing::warn!(container = %c.name, reason = %r.reason, "{}", r.message);
+                self.reasons.insert(c.name.clone(), r);
+                return Ok(());
+            }
+        };
+        let facts = self.facts(sandbox);
+        let config =
+            match podconfig::container_config(&self.pod, c, kind, restart_count, &image, &facts) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    tracing::warn!(container = %c.name, error = %e, "CreateContainerConfigError");
+                    self.reasons.insert(
+                        c.name.clone(),
+                        Reason {
+                            reason: "CreateContainerConfigError".into(),
+                            message: e.to_string(),
+                        },
+                    );
+                    self.wake_in(Duration::from_secs(10));
+                    return Ok(());
+                }
+            };
+        let log_dir = std::path::Path::new(&sandbox_cfg.log_directory).join(&c.name);
+        let _ = std::fs::create_dir_all(&log_dir);
+        let id = match self
+            .cri
+            .runtime
+            .create_container(pb::CreateContainerRequest {
+                pod_sandbox_id: sandbox.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox_cfg),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().container_id,
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e.message(), "CreateContainerError");
+                self.reasons.insert(
+                    c.name.clone(),
+                    Reason {
+                        reason: "CreateContainerError".into(),
+                        message: e.message().to_string(),
+                    },
+                );
+                self.wake_in(Duration::from_secs(10));
+                return Ok(());
+            }
+        };
+        if let Err(e) = self
+            .cri
+            .runtime
+            .start_container(pb::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(container = %c.name, error = %e.message(), "RunContainerError");
+            self.reasons.insert(
+                c.name.clone(),
+                Reason {
+                    reason: "RunContainerError".into(),
+                    message: e.message().to_string(),
+                },
+            );
+            self.wake_in(Duration::from_secs(10));
+            return Ok(());
+        }
+        tracing::info!(container = %c.name, id = %id, restart_count, "container started");
+        self.reasons.remove(&c.name);
+        Ok(())
+    }
+
+    fn grace(&self) -> i64 {
+        spec(&self.pod)
+            .termination_grace_period_seconds
+            .unwrap_or(30)
+            .max(0)
+    }
+
+    async fn stop_container(&mut self, id: &str, grace: i64) -> SyncResult {
+        self.cri
+            .runtime
+            .stop_container(pb::StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: grace,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_container(&mut self, id: &str) -> SyncResult {
+        self.cri
+            .runtime
+            .remove_container(pb::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Stops every running container of the pod at once, each with `grace` seconds.
+    async fn kill_containers(&self, rt: &PodRuntime, grace: i64) -> SyncResult {
+        let mut set = tokio::task::JoinSet::new();
+        for c in rt
+            .containers
+            .iter()
+            .filter(|c| c.state == pb::ContainerState::ContainerRunning)
+        {
+            let mut client = self.cri.runtime.clone();
+            let id = c.id.clone();
+            let name = c.name.clone();
+            set.spawn(async move {
+                tracing::info!(container = %name, grace, "killing container");
+                client
+                    .stop_container(pb::StopContainerRequest {
+                        container_id: id,
+                        timeout: grace,
+                    })
+                    .await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(tonic::Status::internal(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the two newest instances of each container (current + previous for logs and
+    /// lastState); removes older exited ones.
+    async fn prune(&mut self, rt: &PodRuntime) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for c in &rt.containers {
+            let n = seen.entry(c.name.as_str()).or_default();
+            *n += 1;
+            if *n > 2 && c.state == pb::ContainerState::ContainerExited {
+                let _ = self.remove_container(&c.id).await;
+            }
+        }
+    }
+
+    /// Tears the pod down: containers stopped with the grace period, sandboxes stopped and
+    /// removed (and with them the containers).
+    async fn terminate(&mut self) -> SyncResult {
+        let rt = self.cri.pod(&self.uid).await?;
+        let grace = if self.pod.spec.is_some() {
+            self.grace()
+        } else {
+            rt.containers
+                .iter()
+                .find_map(|c| c.annotations.get(cri::ANN_POD_GRACE))
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(30)
+        };
+        self.kill_containers(&rt, grace).await?;
+        for s in &rt.sandboxes {
+            self.cri
+                .runtime
+                .stop_pod_sandbox(pb::StopPodSandboxRequest {
+                    pod_sandbox_id: s.id.clone(),
+                })
+                .await?;
+            self.cri
+                .runtime
+                .remove_pod_sandbox(pb::RemovePodSandboxRequest {
+                    pod_sandbox_id: s.id.clone(),
+                })
+                .await?;
+        }
+        // Containers without a sandbox the runtime still lists.
+        let rt = self.cri.pod(&self.uid).await?;
+        for c in &rt.containers {
+            self.remove_container(&c.id).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::default();
+        let s = 1_000_000_000i64;
+        assert!(b.remaining("k", 0, 0).is_none());
+        b.next("k", 0, 0);
+        assert_eq!(
+            b.remaining("k", 0, 5 * s).map(|r| r.0),
+            Some(BACKOFF_INITIAL)
+        );
+        assert!(b.remaining("k", 0, 11 * s).is_none());
+        b.next("k", 11 * s, 11 * s);
+        assert_eq!(
+            b.remaining("k", 11 * s, 12 * s).map(|r| r.0),
+            Some(Duration::from_secs(20))
+        );
+        for i in 0..10 {
+            b.next("k", (12 + i) * s, (12 + i) * s);
+        }
+        assert_eq!(
+            b.remaining("k", 30 * s, 30 * s).map(|r| r.0),
+            Some(BACKOFF_MAX)
+        );
+        // Idle for more than twice the maximum: starts over.
+        assert!(b.remaining("k", 0, 10_000 * s).is_none());
+        b.next("k", 10_000 * s, 10_000 * s);
+        assert_eq!(
+            b.remaining("k", 10_000 * s, 10_000 * s).map(|r| r.0),
+            Some(BACKOFF_INITIAL)
+        );
+    }
+}

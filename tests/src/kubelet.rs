@@ -1,0 +1,330 @@
+//! A kubelet for end-to-end tests: the workspace's `kubelet` binary in standalone mode against
+//! a private keelsond ([`crate::cri::Keelsond`]), with its root dir, pod logs and static pod
+//! directory in a temp dir, its servers on free loopback ports and its pods' cgroups below
+//! keelsond's own cgroup (a relative `cgroupRoot`).
+//!
+//! Drop kills the kubelet (kill -9); the pods it ran go with the Keelsond fixture's Drop.
+
+use crate::cri::Keelsond;
+use crate::runtime::built_binary;
+use serde_json::Value;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kubelet binary: `$KEELSON_KUBELET_BIN`, else the workspace's debug build.
+pub fn kubelet_binary() -> io::Result<PathBuf> {
+    built_binary("KEELSON_KUBELET_BIN", "kubelet", "keelson-kubelet")
+}
+
+/// The node name the fixture passes with --hostname-override.
+pub const NODE: &str = "kt-node";
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Kubelet {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub port: u16,
+    pub healthz_port: u16,
+    bin: PathBuf,
+    endpoint: String,
+}
+
+impl Kubelet {
+    /// Starts a kubelet on `k`'s socket and waits until its server answers /healthz.
+    pub fn start(k: &Keelsond) -> io::Result<Kubelet> {
+        let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
+        for sub in ["root", "pods-logs", "manifests"] {
+            fs::create_dir_all(dir.path().join(sub))?;
+        }
+        let mut kl = Kubelet {
+            port: free_port()?,
+            healthz_port: free_port()?,
+            dir,
+            child: None,
+            bin: kubelet_binary()?,
+            endpoint: format!("unix://{}", k.socket().display()),
+        };
+        let cgroup_root = crate::unique::name("kt-kubelet", "pods");
+        let config = format!(
+            "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n\
+             staticPodPath: {}\npodLogsDir: {}\nfileCheckFrequency: 1s\nsyncFrequency: 10s\n\
+             address: 127.0.0.1\nport: {}\nhealthzPort: {}\ncgroupRoot: {cgroup_root}\n",
+            kl.manifests().display(),
+            kl.pod_logs().display(),
+            kl.port,
+            kl.healthz_port,
+        );
+        fs::write(kl.config_path(), config)?;
+        kl.launch()?;
+        Ok(kl)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("kubelet.yaml")
+    }
+
+    /// The static pod directory.
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// podLogsDir.
+    pub fn pod_logs(&self) -> PathBuf {
+        self.dir.path().join("pods-logs")
+    }
+
+    /// What the kubelet logged so far (all runs).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn launch(&mut self) -> io::Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kubelet.log"))?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--root-dir")
+            .arg(self.dir.path().join("root"))
+            .arg("--hostname-override")
+            .arg(NODE)
+            .arg("--container-runtime-endpoint")
+            .arg(&self.endpoint)
+            .arg("--v")
+            .arg("2")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(st) = c.try_wait()?
+            {
+                self.child = None;
+                return Err(io::Error::other(format!(
+                    "kubelet exited with {st}: {}",
+                    self.log()
+                )));
+            }
+            if self
+                .get("/healthz")
+                .is_ok_and(|(c, b)| c == 200 && b == "ok")
+            {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(io::Error::other(format!(
+                    "kubelet did not answer on port {}: {}",
+                    self.port,
+                    self.log()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 the kubelet (pods keep running in the runtime).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// kill -9 and start again with the same flags and directories.
+    pub fn restart(&mut self) -> io::Result<()> {
+        self.kill9();
+        self.launch()
+    }
+
+    /// Writes a manifest into the static pod directory (atomically: temp file + rename, so
+    /// the kubelet never reads half a file).
+    pub fn write_manifest(&self, file: &str, content: &str) -> io::Result<()> {
+        let tmp = self.dir.path().join(format!(".{file}.tmp"));
+        fs::write(&tmp, content)?;
+        fs::rename(&tmp, self.manifests().join(file))
+    }
+
+    pub fn remove_manifest(&self, file: &str) -> io::Result<()> {
+        fs::remove_file(self.manifests().join(file))
+    }
+
+    /// A plain HTTP/1.1 GET on `port`: (status code, body).
+    pub fn get_on(port: u16, path: &str) -> io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| io::Error::other(format!("no HTTP header in {text:?}")))?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((code, body))
+    }
+
+    /// GET on the kubelet server.
+    pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
+        Kubelet::get_on(self.port, path)
+    }
+
+    /// `/pods` as JSON.
+    pub fn pods(&self) -> io::Result<Value> {
+        let (code, body) = self.get("/pods")?;
+        if code != 200 {
+            return Err(io::Error::other(format!("/pods: {code} {body}")));
+        }
+        serde_json::from_str(&body).map_err(io::Error::other)
+    }
+
+    /// The pod whose manifest named it `name` (the kubelet adds `-<node>`).
+    pub fn pod(&self, name: &str) -> Option<Value> {
+        let full = format!("{name}-{NODE}");
+        self.pods().ok().and_then(|l| {
+            l["items"]
+                .as_array()
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .find(|p| p["metadata"]["name"] == full.as_str())
+                })
+                .cloned()
+        })
+    }
+
+    /// Polls `/pods` until the pod satisfies `pred` or `timeout` passes; Err carries the last
+    /// pod seen and the kubelet's log.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value, String> {
+        let end = Instant::now() + timeout;
+        let mut last = None;
+        while Instant::now() < end {
+            if let Some(p) = self.pod(name) {
+                if pred(&p) {
+                    return Ok(p);
+                }
+                last = Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "pod {name} did not reach the expected state in {timeout:?}; last seen:\n{}\n--- kubelet log ---\n{}",
+            last.map(|p| serde_json::to_string_pretty(&p).unwrap_or_default())
+                .unwrap_or_else(|| "(not listed)".into()),
+            tail(&self.log(), 60)
+        ))
+    }
+
+    /// Polls until the pod is no longer listed.
+    pub fn wait_pod_gone(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.pods().is_ok() && self.pod(name).is_none() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!(
+            "pod {name} still listed after {timeout:?}\n{}",
+            tail(&self.log(), 60)
+        ))
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The status of container `name` in a pod JSON (app or init).
+pub fn container_status<'a>(pod: &'a Value, name: &str) -> Option<&'a Value> {
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .filter_map(|k| pod["status"][k].as_array())
+        .flatten()
+        .find(|c| c["name"] == name)
+}
+
+/// The condition `type_` of a pod JSON: its status ("True"/"False").
+pub fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
+    pod["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?["status"]
+        .as_str()
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Files below `dir`, recursively (for log checks).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
