@@ -899,7 +899,7 @@ fn bad_requests_get_clear_errors_and_leave_nothing() {
     };
     assert!(dirs(k.state().join("containers")).is_empty());
     assert!(dirs(k.state().join("keelson")).is_empty());
-    assert!(dirs(k.root().join("images/snapshots/active")).is_empty());
+    assert!(dirs(k.root().join("snapshots/active")).is_empty());
 }
 
 #[test]

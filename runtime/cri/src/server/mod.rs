@@ -124,7 +124,10 @@ impl Daemon {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let store = Store::open(&cfg.root).context("opening the records")?;
-        let mut icfg = keelson_image::StoreConfig::new(cfg.root.join("images"));
+        // The image store shares the root with the records (content/, snapshots/, metadata/
+        // beside sandboxes/ and containers/), so `keelson-image` with its default root works
+        // on keelsond's images (import, inspect, gc).
+        let mut icfg = keelson_image::StoreConfig::new(cfg.root.clone());
         if cfg.registry_config_dir.is_dir() {
             icfg.hosts = keelson_image::RegistryHosts::load_dir(&cfg.registry_config_dir)
                 .with_context(|| {
