@@ -17,7 +17,7 @@
 //! namespace and in its pods' cgroups, removes those cgroups, and lets the netns and the temp
 //! dir go.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -36,6 +36,8 @@ use pb::runtime_service_client::RuntimeServiceClient;
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 use tonic::transport::Channel;
+
+use crate::cri_memory::{self, Memory, live_pids};
 
 /// containerd's shims put their sockets here whatever the daemon's state dir
 /// (`shim.SocketAddress` in containerd 1.6).
@@ -84,86 +86,6 @@ pub struct Shared<'a> {
 pub struct Cri {
     pub runtime: RuntimeServiceClient<Channel>,
     pub images: ImageServiceClient<Channel>,
-}
-
-/// What a daemon's processes hold in memory, by role.
-#[derive(Debug, Clone, Default)]
-pub struct Usage {
-    pub procs: usize,
-    /// Sum of `Pss` from `/proc/<pid>/smaps_rollup`, KiB.
-    pub pss_kib: u64,
-    /// Sum of `VmRSS` from `/proc/<pid>/status`, KiB.
-    pub rss_kib: u64,
-    /// Command names (`comm`) counted, with how many of each.
-    pub names: BTreeMap<String, usize>,
-}
-
-impl Usage {
-    fn add(&mut self, pid: i32, comm: String) {
-        self.procs += 1;
-        self.pss_kib += kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
-        self.rss_kib += kib_field(&format!("/proc/{pid}/status"), "VmRSS:");
-        *self.names.entry(comm).or_default() += 1;
-    }
-}
-
-/// The memory of a runtime's own processes (its containers' processes are not counted).
-#[derive(Debug, Clone, Default)]
-pub struct Memory {
-    /// The daemon itself.
-    pub daemon: Usage,
-    /// Everything else in the daemon's mount namespace and not in a pod's sandbox cgroup:
-    /// containerd's shims, keelsond's container monitors.
-    pub helpers: Usage,
-    /// Processes in the pods' sandbox cgroups (`<cgroup_parent>/<sandbox id>`): containerd's
-    /// pause containers, keelsond's `keelson-pause`.
-    pub infra: Usage,
-}
-
-impl Memory {
-    pub fn total(&self) -> Usage {
-        let mut t = Usage::default();
-        for u in [&self.daemon, &self.helpers, &self.infra] {
-            t.procs += u.procs;
-            t.pss_kib += u.pss_kib;
-            t.rss_kib += u.rss_kib;
-            for (n, c) in &u.names {
-                *t.names.entry(n.clone()).or_default() += c;
-            }
-        }
-        t
-    }
-}
-
-/// The `<field> N kB` value of a `/proc` file, 0 when missing (a process that just exited).
-fn kib_field(path: &str, field: &str) -> u64 {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// `comm` and state letter of `pid`.
-fn comm_and_state(pid: i32) -> Option<(String, char)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_string();
-    let state = stat.get(close + 1..)?.trim_start().chars().next()?;
-    Some((comm, state))
-}
-
-/// All live (non-zombie) pids.
-fn live_pids() -> Vec<i32> {
-    keelson_tests::procs::all_pids()
-        .into_iter()
-        .filter(|p| comm_and_state(*p).is_some_and(|(_, s)| s != 'Z'))
-        .collect()
 }
 
 /// The command line of `pid` as arguments.
@@ -436,35 +358,13 @@ impl Daemon {
     /// The memory of the daemon's own processes while the pods `sandboxes` run: the daemon,
     /// the rest of its mount namespace, and what runs in the sandboxes' cgroups.
     pub fn memory(&self, sandboxes: &HashSet<String>) -> Memory {
-        let mut m = Memory::default();
-        let daemon = self.pid();
         let in_ns: HashSet<i32> = self.processes_in_mount_ns().into_iter().collect();
-        let parent = Path::new(&self.cgroup_parent);
-        for pid in live_pids() {
-            let Some((comm, _)) = comm_and_state(pid) else {
-                continue;
-            };
-            let infra = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .any(|path| {
-                    let path = Path::new(path);
-                    path.parent() == Some(parent)
-                        && path
-                            .file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| sandboxes.contains(n))
-                });
-            if infra {
-                m.infra.add(pid, comm);
-            } else if Some(pid) == daemon {
-                m.daemon.add(pid, comm);
-            } else if in_ns.contains(&pid) {
-                m.helpers.add(pid, comm);
-            }
-        }
-        m
+        cri_memory::measure(
+            self.pid(),
+            &in_ns,
+            Path::new(&self.cgroup_parent),
+            sandboxes,
+        )
     }
 }
 
