@@ -1,27 +1,100 @@
 #!/usr/bin/env bash
-# Builds keelson and runs the example container: a busybox rootfs made from Debian's static
-# busybox, the default spec from `keelson spec`, a probe script as the process.
+# Runs a keelson node on its embedded defaults, as root: keelsond (the CRI daemon) and the
+# standalone kubelet with the static pods of examples/pods/, on a busybox image imported
+# locally (no registry, no internet). State lives in a work directory under /tmp; the pods'
+# bridge is `kls0` (10.88.77.0/24). Runs until Ctrl-C (or EXAMPLE_SECONDS), then tears the
+# pods, the bridge and the daemons down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release -p keelson-container
-KEELSON="$PWD/target/release/keelson"
-BUNDLE="$(mktemp -d /tmp/keelson-example.XXXXXX)"
-ROOT="$(mktemp -d /tmp/keelson-root.XXXXXX)"
-trap 'rm -rf "$BUNDLE" "$ROOT"' EXIT
-mkdir -p "$BUNDLE/rootfs/bin"
-cp /bin/busybox "$BUNDLE/rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-  [ "$applet" = busybox ] || ln -sf busybox "$BUNDLE/rootfs/bin/$applet"
+# KEELSON_BIN_DIR: use binaries built elsewhere (e.g. target/debug) instead of building.
+if [ -z "${KEELSON_BIN_DIR:-}" ]; then
+  cargo build --release -p keelson-container -p keelson-image -p keelson-cri \
+    -p keelson-cni-plugins -p keelson-kubelet
+fi
+BIN="${KEELSON_BIN_DIR:-$PWD/target/release}"
+# Short paths: the monitors' unix sockets live below the state dir (108-byte limit).
+W="$(mktemp -d /tmp/kn.XXXXXX)"
+BRIDGE=kls0
+pids=()
+cleanup() {
+  set +e
+  echo "stopping the node"
+  # The kubelet first (it would restart pods), then every pod through CRI, then keelsond.
+  [ -n "${KUBELET_PID:-}" ] && kill "$KUBELET_PID" && wait "$KUBELET_PID" 2>/dev/null
+  if [ -S "$W/keelsond.sock" ]; then
+    "$BIN/keelsonctl" -r "unix://$W/keelsond.sock" rmp -a -f >/dev/null 2>&1
+  fi
+  [ -n "${KEELSOND_PID:-}" ] && kill "$KEELSOND_PID" && wait "$KEELSOND_PID" 2>/dev/null
+  ip link del "$BRIDGE" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+# The image: static busybox as an OCI layout, imported into keelsond's store.
+python3 scripts/example-image.py "$W/layout"
+"$BIN/keelson-image" --root "$W/root" import "$W/layout" --name docker.io/library/busybox:example
+
+# CNI: loopback + bridge/host-local/portmap, keelson's own plugins.
+mkdir -p "$W/net.d" "$W/cni-bin" "$W/cni-cache"
+for p in bridge host-local loopback portmap; do cp "$BIN/$p" "$W/cni-bin/"; done
+cat > "$W/net.d/10-keelson.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "keelson-example", "plugins": [
+  {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "dataDir": "$W/cni-ipam",
+            "ranges": [[{"subnet": "10.88.77.0/24"}]]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+EOF
+
+"$BIN/keelsond" --listen "unix://$W/keelsond.sock" --root "$W/root" --state "$W/s" \
+  --cni-conf-dir "$W/net.d" --cni-bin-dir "$W/cni-bin" --cni-cache-dir "$W/cni-cache" \
+  --registry-config-dir "$W/certs.d" 2>"$W/keelsond.log" &
+KEELSOND_PID=$!
+for _ in $(seq 100); do [ -S "$W/keelsond.sock" ] && break; sleep 0.1; done
+
+# The kubelet: static pods from examples/pods, pod cgroups below this shell's own cgroup.
+cat > "$W/kubelet.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: $PWD/examples/pods
+podLogsDir: $W/pods-logs
+fileCheckFrequency: 2s
+cgroupRoot: keelson-example
+port: 10250
+healthzPort: 10248
+EOF
+"$BIN/kubelet" --config "$W/kubelet.yaml" --root-dir "$W/kubelet" \
+  --container-runtime-endpoint "unix://$W/keelsond.sock" --hostname-override keelson-example \
+  2>"$W/kubelet.log" &
+KUBELET_PID=$!
+
+CTL="$BIN/keelsonctl -r unix://$W/keelsond.sock"
+echo "waiting for the pods..."
+for _ in $(seq 120); do
+  running=$($CTL ps -q --state running 2>/dev/null | wc -l)
+  [ "$running" -ge 1 ] && break
+  sleep 0.5
 done
-(cd "$BUNDLE" && "$KEELSON" spec)
-python3 - "$BUNDLE/config.json" examples/hello.sh <<'PY'
+sleep 3
+echo
+echo "== pods (keelsonctl pods)"; $CTL pods
+echo; echo "== containers (keelsonctl ps -a)"; $CTL ps -a
+ip=$($CTL inspectp "$($CTL pods -q --name web | head -n1)" 2>/dev/null \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["network"]["ip"])' || true)
+if [ -n "$ip" ]; then
+  echo; echo "== curl http://$ip:8080/"; curl -s --max-time 5 "http://$ip:8080/" || true
+fi
+echo; echo "== kubelet: curl http://127.0.0.1:10250/pods (phase per pod)"
+curl -s --max-time 5 http://127.0.0.1:10250/pods | python3 -c '
 import json, sys
-path, script = sys.argv[1], open(sys.argv[2]).read()
-spec = json.load(open(path))
-spec["process"]["terminal"] = False
-spec["process"]["args"] = ["sh", "-c", script]
-spec["hostname"] = "keelson-example"
-json.dump(spec, open(path, "w"), indent=2)
-PY
-"$KEELSON" --root "$ROOT" run --bundle "$BUNDLE" "example-$$"
+for p in json.load(sys.stdin)["items"]:
+    print(p["metadata"]["name"], p["status"].get("phase"), p["status"].get("podIP", ""))' || true
+cat <<EOF
+
+The node runs. Look around:
+  $CTL pods | ps -a | logs <container> | exec <container> ls /
+  curl http://127.0.0.1:10250/pods ; curl http://127.0.0.1:10248/healthz
+  logs: $W/keelsond.log $W/kubelet.log $W/pods-logs/
+Ctrl-C stops the node and removes everything it made.
+EOF
+if [ -n "${EXAMPLE_SECONDS:-}" ]; then sleep "$EXAMPLE_SECONDS"; else wait "$KUBELET_PID"; fi
