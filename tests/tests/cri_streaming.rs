@@ -414,17 +414,14 @@ fn exec_streams_output_exit_codes_stdin_and_tty() {
     let got = read_to_end(&mut ws, false);
     assert_eq!(got.status()["status"], "Failure", "{got:?}");
 
-    // SPDY is refused with a clear message; no upgrade header is a bad request.
+    // SPDY with no version in common is refused naming ours; no upgrade is a bad request.
     let url = exec_url(&k, exec_req(&c, &["true"], false, true, false, false)).expect("exec");
     let (code, body) = raw_request(
         &url,
-        "Upgrade: SPDY/3.1\r\nConnection: Upgrade\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n",
+        "Upgrade: SPDY/3.1\r\nConnection: Upgrade\r\nX-Stream-Protocol-Version: v9.nothing\r\n",
     );
-    assert_eq!(code, 501, "{body}");
-    assert!(
-        body.contains("SPDY/3.1") && body.contains("not implemented"),
-        "{body}"
-    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("v4.channel.k8s.io"), "{body}");
     let url = exec_url(&k, exec_req(&c, &["true"], false, true, false, false)).expect("exec");
     assert_eq!(raw_request(&url, "").0, 400);
 
@@ -611,4 +608,393 @@ fn port_forward_reaches_localhost_inside_the_pod() {
         })
         .expect_err("unknown pod");
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+}
+
+/// A stand-in for the apiserver + kubelet pair in front of keelsond, enough for real kubectl:
+/// discovery, `GET pod`, and the `exec`/`attach`/`portforward` subresources, which it turns
+/// into the CRI RPC and then proxies, bytes as they are, to the URL keelsond returned (what
+/// the kubelet does with a CRI streaming URL).
+mod fake_api {
+    use keelson_proto::runtime::v1 as pb;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    #[derive(Clone)]
+    pub struct Target {
+        pub socket: PathBuf,
+        pub pod: String,
+        pub sandbox: String,
+        pub container: String,
+        pub container_id: String,
+    }
+
+    /// Serves on 127.0.0.1 until the process ends; returns the address.
+    pub fn start(t: Target) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(c, &t);
+                });
+            }
+        });
+        addr
+    }
+
+    fn respond(w: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+        write!(
+            w,
+            "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn serve(conn: TcpStream, t: &Target) -> std::io::Result<()> {
+        conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let mut w = conn.try_clone()?;
+        let mut r = BufReader::new(conn);
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let target = parts.next().unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h)?;
+                let h = h.trim_end().to_string();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body)?;
+            let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+            let pod_path = format!("/api/v1/namespaces/default/pods/{}", t.pod);
+            match path {
+                "/api" => respond(
+                    &mut w,
+                    200,
+                    r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}"#,
+                )?,
+                "/apis" => respond(
+                    &mut w,
+                    200,
+                    r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#,
+                )?,
+                "/api/v1" => respond(
+                    &mut w,
+                    200,
+                    r#"{"kind":"APIResourceList","groupVersion":"v1","resources":[
+                        {"name":"pods","singularName":"pod","namespaced":true,"kind":"Pod","verbs":["get","list"],"shortNames":["po"]},
+                        {"name":"pods/exec","singularName":"","namespaced":true,"kind":"PodExecOptions","verbs":["create","get"]},
+                        {"name":"pods/attach","singularName":"","namespaced":true,"kind":"PodAttachOptions","verbs":["create","get"]},
+                        {"name":"pods/portforward","singularName":"","namespaced":true,"kind":"PodPortForwardOptions","verbs":["create","get"]}]}"#,
+                )?,
+                p if p == pod_path => respond(
+                    &mut w,
+                    200,
+                    &format!(
+                        r#"{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{}","namespace":"default","uid":"u1"}},
+                        "spec":{{"containers":[{{"name":"{}","image":"busybox","stdin":true}}]}},
+                        "status":{{"phase":"Running","containerStatuses":[{{"name":"{}","ready":true,"state":{{"running":{{}}}}}}]}}}}"#,
+                        t.pod, t.container, t.container
+                    ),
+                )?,
+                p if p.starts_with(&pod_path) => {
+                    let sub = &p[pod_path.len()..];
+                    let url = match stream_url(t, sub, query) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            return respond(&mut w, 500, &format!("{{\"message\":{e:?}}}"));
+                        }
+                    };
+                    return proxy(w, r, &method, &url, &headers);
+                }
+                _ => respond(
+                    &mut w,
+                    404,
+                    r#"{"kind":"Status","status":"Failure","code":404}"#,
+                )?,
+            }
+        }
+    }
+
+    /// The CRI RPC for a subresource request; returns the streaming URL.
+    fn stream_url(t: &Target, sub: &str, query: &str) -> Result<String, String> {
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), unescape(v)))
+            .collect();
+        let flag = |name: &str| {
+            params
+                .iter()
+                .any(|(k, v)| k == name && (v == "true" || v == "1"))
+        };
+        let cmd: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k == "command")
+            .map(|(_, v)| v.clone())
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let ch =
+                tonic::transport::Endpoint::from_shared(format!("unix://{}", t.socket.display()))
+                    .map_err(|e| e.to_string())?
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let mut c = pb::runtime_service_client::RuntimeServiceClient::new(ch);
+            let r = match sub {
+                "/exec" => c
+                    .exec(pb::ExecRequest {
+                        container_id: t.container_id.clone(),
+                        cmd,
+                        tty: flag("tty"),
+                        stdin: flag("stdin"),
+                        stdout: flag("stdout"),
+                        stderr: flag("stderr"),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().url),
+                "/attach" => c
+                    .attach(pb::AttachRequest {
+                        container_id: t.container_id.clone(),
+                        tty: flag("tty"),
+                        stdin: flag("stdin"),
+                        stdout: flag("stdout"),
+                        stderr: flag("stderr"),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|r| r.into_inner().url),
+                "/portforward" => c
+                    .port_forward(pb::PortForwardRequest {
+                        pod_sandbox_id: t.sandbox.clone(),
+                        port: Vec::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().url),
+                other => return Err(format!("no subresource {other}")),
+            };
+            r.map_err(|e| e.to_string())
+        })
+    }
+
+    fn unescape(v: &str) -> String {
+        let b = v.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if i + 2 < b.len() => {
+                    let h = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                    out.push(u8::from_str_radix(h, 16).unwrap_or(b'?'));
+                    i += 3;
+                }
+                b'+' => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                c => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Sends the client's request on to `url` and copies bytes both ways until both ended.
+    fn proxy(
+        mut client_w: TcpStream,
+        client_r: BufReader<TcpStream>,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+    ) -> std::io::Result<()> {
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut up = TcpStream::connect(host)?;
+        let mut head = format!("{method} /{path} HTTP/1.1\r\nHost: {host}\r\n");
+        for (k, v) in headers {
+            if !k.eq_ignore_ascii_case("host") {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
+        up.write_all(head.as_bytes())?;
+        // Bytes the client sent after its request head are in the reader's buffer.
+        let buffered = client_r.buffer().to_vec();
+        up.write_all(&buffered)?;
+        let mut up_r = up.try_clone()?;
+        let mut client = client_r.into_inner();
+        client.set_read_timeout(None)?;
+        let t = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut client, &mut up);
+            let _ = up.shutdown(Shutdown::Write);
+        });
+        let _ = std::io::copy(&mut up_r, &mut client_w);
+        let _ = client_w.shutdown(Shutdown::Write);
+        let _ = t.join();
+        Ok(())
+    }
+}
+
+/// Runs kubectl against the stand-in apiserver at `api`.
+fn kubectl(api: &str, env: &[(&str, &str)], args: &[&str], stdin: &[u8]) -> std::process::Output {
+    use std::process::{Command, Stdio};
+    let mut c = Command::new("kubectl");
+    c.arg(format!("--server=http://{api}"))
+        .arg("--kubeconfig=/dev/null")
+        .arg("--request-timeout=60s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("kubectl");
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(stdin).expect("kubectl stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl");
+    eprintln!(
+        "kubectl {args:?} {env:?}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A kubectl process killed and reaped however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn kubectl_exec_and_port_forward_over_websocket_and_spdy() {
+    use std::io::BufRead;
+    let (_reg, image) = registry_with_busybox("skctl");
+    let k = Keelsond::start("skctl").expect("keelsond");
+    pull(&k, &image);
+    let cfg = pod_config(&k, "skctl");
+    let pod = run_pod(&k, cfg.clone());
+    let c = run_container(
+        &k,
+        &pod,
+        &cfg,
+        container_config(
+            "main",
+            &image,
+            "mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && \
+             exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www",
+        ),
+    );
+    let api = fake_api::start(fake_api::Target {
+        socket: k.socket(),
+        pod: "web".into(),
+        sandbox: pod.clone(),
+        container: "main".into(),
+        container_id: c.clone(),
+    });
+    let spdy = [
+        ("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false"),
+        ("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false"),
+    ];
+    for env in [&[][..], &spdy[..]] {
+        // Output on both streams and the exit code, as kubectl reports them.
+        let out = kubectl(
+            &api,
+            env,
+            &[
+                "exec",
+                "web",
+                "-c",
+                "main",
+                "--",
+                "sh",
+                "-c",
+                "echo out; echo err >&2; exit 3",
+            ],
+            b"",
+        );
+        assert_eq!(out.status.code(), Some(3), "{env:?}\n{}", k.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+        // Stdin to its end: cat gets EOF and exits 0.
+        let out = kubectl(
+            &api,
+            env,
+            &["exec", "-i", "web", "-c", "main", "--", "cat"],
+            b"piped line\n",
+        );
+        assert_eq!(out.status.code(), Some(0), "{env:?}\n{}", k.log());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "piped line\n");
+    }
+    assert!(
+        k.log().contains("exec session (SPDY)"),
+        "SPDY was used: {}",
+        k.log()
+    );
+
+    // Port forward over SPDY: two connections through one kubectl session.
+    let mut pf = std::process::Command::new("kubectl");
+    pf.arg(format!("--server=http://{api}"))
+        .arg("--kubeconfig=/dev/null")
+        .args(["port-forward", "web", ":8080"])
+        .envs(spdy)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit());
+    let mut pf = Reaped(pf.spawn().expect("kubectl port-forward"));
+    let mut lines = std::io::BufReader::new(pf.0.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(|l| l.ok()).unwrap_or_default();
+    let local = first
+        .strip_prefix("Forwarding from ")
+        .and_then(|r| r.split(" -> ").next())
+        .unwrap_or_else(|| panic!("kubectl port-forward said {first:?}\n{}", k.log()))
+        .to_string();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(&local).expect("connect to kubectl's port");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        assert!(resp.contains("hello-from-pod"), "{resp:?}\n{}", k.log());
+    }
+    assert!(
+        k.log().contains("port forward session (SPDY)"),
+        "{}",
+        k.log()
+    );
+    drop(pf);
 }

@@ -17,8 +17,9 @@
 //!      `v4.channel.k8s.io`, `v4.base64.channel.k8s.io`, `channel.k8s.io`,
 //!      `base64.channel.k8s.io` (and none); port forward `v4.channel.k8s.io`,
 //!      `v4.base64.channel.k8s.io` (and none, and `portforward.k8s.io`).
-//!    - SPDY/3.1 (`Upgrade: SPDY/3.1`): not implemented; such a request gets `501` with a
-//!      message saying so.
+//!    - SPDY/3.1 (`Upgrade: SPDY/3.1`, [`spdy`]): remote command `v4.channel.k8s.io`,
+//!      `v3.channel.k8s.io`, `v2.channel.k8s.io`, `channel.k8s.io`; port forward
+//!      `portforward.k8s.io` (ports from each stream pair's `port` header).
 //!
 //! # Sessions
 //!
@@ -37,6 +38,7 @@ pub mod exec;
 pub mod portforward;
 pub mod server;
 pub mod session;
+pub mod spdy;
 pub mod status;
 pub mod ws;
 

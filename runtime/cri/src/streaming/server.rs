@@ -8,6 +8,7 @@ use super::attach::{self, ContainerStdio};
 use super::cache::StreamRequest;
 use super::exec::{self, ExecContext};
 use super::portforward;
+use super::spdy;
 use super::ws::{self, Body, PortOutput, text_response};
 use crate::server::Daemon;
 use hyper::body::Incoming;
@@ -101,12 +102,8 @@ pub async fn handle(d: Arc<Daemon>, req: Request<Incoming>) -> Response<Body> {
     if ws::is_websocket(req.headers()) {
         return upgrade_websocket(d, sreq, req);
     }
-    if is_spdy(req.headers()) {
-        return text_response(
-            StatusCode::NOT_IMPLEMENTED,
-            "keelsond: SPDY/3.1 streaming is not implemented; \
-             use a WebSocket client (subprotocol v5.channel.k8s.io or v4.channel.k8s.io)\n",
-        );
+    if is_spdy(req.headers()) && ws::connection_upgrade(req.headers()) {
+        return upgrade_spdy(d, sreq, req);
     }
     text_response(
         StatusCode::BAD_REQUEST,
@@ -225,6 +222,108 @@ fn upgrade_websocket(
         }
     });
     resp
+}
+
+fn upgrade_spdy(d: Arc<Daemon>, sreq: StreamRequest, req: Request<Incoming>) -> Response<Body> {
+    let supported = match sreq {
+        StreamRequest::PortForward { .. } => spdy::PORT_FORWARD,
+        _ => spdy::REMOTE_COMMAND,
+    };
+    let version = match spdy::negotiate(&spdy::requested_versions(req.headers()), supported) {
+        Ok(v) => v,
+        Err(m) => {
+            let mut r = text_response(StatusCode::FORBIDDEN, m + "\n");
+            spdy::accepted_headers(supported, r.headers_mut());
+            return r;
+        }
+    };
+    let netns = match &sreq {
+        StreamRequest::PortForward { sandbox_id, .. } => match sandbox_netns(&d, sandbox_id) {
+            Ok(n) => n,
+            Err(m) => return text_response(StatusCode::INTERNAL_SERVER_ERROR, m + "\n"),
+        },
+        _ => None,
+    };
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("SPDY/3.1"),
+    );
+    if !version.is_empty() {
+        h.insert(
+            header::HeaderName::from_static(spdy::PROTOCOL_VERSION_HEADER),
+            header::HeaderValue::from_static(version),
+        );
+    }
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!(error = %e, "SPDY upgrade");
+                return;
+            }
+        };
+        let v = spdy::version_number(version);
+        match sreq {
+            StreamRequest::Exec {
+                container_id,
+                cmd,
+                opts,
+            } => {
+                let ctx = exec_context(&d);
+                tracing::debug!(container = %container_id, ?cmd, protocol = version, "exec session (SPDY)");
+                spdy::serve_remote_command(upgraded, v, opts, |io| async move {
+                    exec::run(&ctx, &container_id, &cmd, opts, io).await
+                })
+                .await;
+            }
+            StreamRequest::Attach { container_id, opts } => {
+                let sock = d
+                    .cfg
+                    .container_dir(&container_id)
+                    .join(crate::monitor::attach::SOCKET_NAME);
+                let stdio = container_stdio(&d, &container_id);
+                tracing::debug!(container = %container_id, protocol = version, "attach session (SPDY)");
+                spdy::serve_remote_command(upgraded, v, opts, |io| async move {
+                    attach::run(&sock, opts, stdio, io).await
+                })
+                .await;
+            }
+            StreamRequest::PortForward { sandbox_id, .. } => {
+                tracing::debug!(sandbox = %sandbox_id, "port forward session (SPDY)");
+                spdy::serve_port_forward(upgraded, move |port, rx, tx| {
+                    forward_spdy(sandbox_id.clone(), netns.clone(), port, rx, tx)
+                })
+                .await;
+            }
+        }
+    });
+    resp
+}
+
+/// One SPDY port forward connection; the error is the error stream's message.
+async fn forward_spdy(
+    sandbox: String,
+    netns: Option<PathBuf>,
+    port: u16,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<(), String> {
+    let conn = portforward::connect(netns, port).await.map_err(|e| {
+        format!(
+            "error forwarding port {port} to pod {sandbox}, uid : failed to connect to \
+             localhost:{port} inside namespace \"{sandbox}\": {e}"
+        )
+    })?;
+    portforward::relay(conn, rx, tx, |d| d)
+        .await
+        .map_err(|e| format!("error forwarding port {port} to pod {sandbox}, uid : {e}"))
 }
 
 fn exec_context(d: &Daemon) -> ExecContext {
