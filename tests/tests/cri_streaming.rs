@@ -413,6 +413,16 @@ fn exec_streams_output_exit_codes_stdin_and_tty() {
     let (mut ws, _) = ws_open(&url, &["v4.channel.k8s.io"]).expect("open");
     let got = read_to_end(&mut ws, false);
     assert_eq!(got.status()["status"], "Failure", "{got:?}");
+    let url = exec_url(
+        &k,
+        exec_req(&c, &["/no/such/binary"], false, true, false, true),
+    )
+    .expect("exec");
+    let (mut ws, _) = ws_open(&url, &["v4.channel.k8s.io"]).expect("open");
+    let got = read_to_end(&mut ws, false);
+    let st = got.status();
+    assert_eq!(st["status"], "Failure", "{got:?}");
+    assert_eq!(st["reason"], "InternalError", "{got:?}");
 
     // SPDY with no version in common is refused naming ours; no upgrade is a bad request.
     let url = exec_url(&k, exec_req(&c, &["true"], false, true, false, false)).expect("exec");

@@ -177,7 +177,16 @@ async fn run_tty(
             conn = listener.accept() => match conn {
                 Ok((s, _)) => match receive_fd(&s).await {
                     Ok(fd) => break fd,
-                    Err(e) => return Outcome::Failure(format!("receiving the pty master: {e}")),
+                    Err(e) => {
+                        // The CLI's own message says more, if it ends soon.
+                        let st = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+                        let _ = child.start_kill();
+                        let tail = err_tail.await.unwrap_or_default();
+                        return match st {
+                            Ok(st) if !tail.is_empty() => failed_start(st, &tail),
+                            _ => Outcome::Failure(format!("receiving the pty master: {e}")),
+                        };
+                    }
                 },
                 Err(e) => return Outcome::Failure(format!("accepting on {}: {e}", sock.display())),
             },
