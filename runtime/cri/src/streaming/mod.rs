@@ -29,12 +29,16 @@
 //! - [`portforward`]: a TCP connection to `127.0.0.1:<port>` made inside the sandbox's network
 //!   namespace by a short-lived thread.
 //!
+//! A connection with no traffic for 4 hours is closed ([`idle`]), as upstream's
+//! `StreamIdleTimeout` does.
+//!
 //! The listener is keelsond's `--stream-address`/`--stream-port` (default `127.0.0.1`, any free
 //! port), like containerd's `stream_server_address`/`stream_server_port`.
 
 pub mod attach;
 pub mod cache;
 pub mod exec;
+pub mod idle;
 pub mod portforward;
 pub mod server;
 pub mod session;

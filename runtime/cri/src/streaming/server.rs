@@ -7,6 +7,7 @@
 use super::attach::{self, ContainerStdio};
 use super::cache::StreamRequest;
 use super::exec::{self, ExecContext};
+use super::idle::{IDLE_TIMEOUT, IdleIo};
 use super::portforward;
 use super::spdy;
 use super::ws::{self, Body, PortOutput, text_response};
@@ -182,8 +183,7 @@ fn upgrade_websocket(
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let socket = WebSocketStream::from_raw_socket(idle_io(upgraded), Role::Server, None).await;
         match sreq {
             StreamRequest::Exec {
                 container_id,
@@ -263,7 +263,7 @@ fn upgrade_spdy(d: Arc<Daemon>, sreq: StreamRequest, req: Request<Incoming>) -> 
     }
     tokio::spawn(async move {
         let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => idle_io(u),
             Err(e) => {
                 tracing::debug!(error = %e, "SPDY upgrade");
                 return;
@@ -324,6 +324,11 @@ async fn forward_spdy(
     portforward::relay(conn, rx, tx, |d| d)
         .await
         .map_err(|e| format!("error forwarding port {port} to pod {sandbox}, uid : {e}"))
+}
+
+/// An upgraded connection with upstream's idle timeout.
+fn idle_io(u: hyper::upgrade::Upgraded) -> IdleIo<TokioIo<hyper::upgrade::Upgraded>> {
+    IdleIo::new(TokioIo::new(u), IDLE_TIMEOUT)
 }
 
 fn exec_context(d: &Daemon) -> ExecContext {
