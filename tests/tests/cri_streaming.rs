@@ -967,6 +967,24 @@ fn kubectl_exec_and_port_forward_over_websocket_and_spdy() {
         );
         assert_eq!(out.status.code(), Some(0), "{env:?}\n{}", k.log());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "piped line\n");
+        // A terminal: kubectl wants one of its own (`script` gives it a pty) and sends its size.
+        let cmd = format!(
+            "stty cols 123 rows 45; kubectl --server=http://{api} --kubeconfig=/dev/null \
+             exec -it web -c main -- sh -c 'busybox sleep 1; busybox tty; busybox stty size'"
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("script");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("/dev/pts/") && text.contains("45 123"),
+            "{env:?}: {text:?} {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            k.log()
+        );
     }
     assert!(
         k.log().contains("exec session (SPDY)"),
