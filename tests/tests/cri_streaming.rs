@@ -1026,3 +1026,45 @@ fn kubectl_exec_and_port_forward_over_websocket_and_spdy() {
     );
     drop(pf);
 }
+
+#[test]
+fn tokens_expire_after_a_minute_and_waiting_requests_are_bounded() {
+    let k = Keelsond::start("sttl").expect("keelsond");
+    let cfg = pod_config(&k, "sttl");
+    let pod = run_pod(&k, cfg);
+    let forward = || {
+        k.block_on(async {
+            let mut rt = k.runtime().await?;
+            rt.port_forward(pb::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![80],
+            })
+            .await
+        })
+        .map(|r| r.into_inner().url)
+    };
+    let url = forward().unwrap_or_else(|e| panic!("PortForward: {e}\n{}", k.log()));
+    // 1000 requests may wait for their client; the next one is refused.
+    let refused = k.block_on(async {
+        let mut rt = k.runtime().await.expect("client");
+        for i in 1..1000 {
+            rt.port_forward(pb::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![80],
+            })
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        }
+        rt.port_forward(pb::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![80],
+        })
+        .await
+        .expect_err("the 1001st")
+    });
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    std::thread::sleep(Duration::from_secs(61));
+    assert_eq!(ws_open(&url, &["v4.channel.k8s.io"]).err(), Some(404));
+    // Expired requests no longer count.
+    forward().expect("room again after the minute");
+}
