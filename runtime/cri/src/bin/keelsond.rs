@@ -41,6 +41,12 @@ struct Args {
     /// The OCI runtime CLI used for exec (default: keelson next to keelsond).
     #[arg(long)]
     runtime_path: Option<PathBuf>,
+    /// The streaming server's (exec, attach, port-forward URLs) IP address.
+    #[arg(long, default_value = "127.0.0.1")]
+    stream_address: std::net::IpAddr,
+    /// The streaming server's port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    stream_port: u16,
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     /// Log verbosity (0 = info, 1 = debug, 2+ = trace).
@@ -117,11 +123,23 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(cfg, socket))
+    let stream_addr = std::net::SocketAddr::new(args.stream_address, args.stream_port);
+    rt.block_on(serve(cfg, socket, stream_addr))
 }
 
-async fn serve(cfg: DaemonConfig, socket: PathBuf) -> Result<()> {
+async fn serve(
+    cfg: DaemonConfig,
+    socket: PathBuf,
+    stream_addr: std::net::SocketAddr,
+) -> Result<()> {
     let daemon = Daemon::open(cfg)?;
+    let streaming = keelson_cri::streaming::server::bind(&daemon, stream_addr)
+        .await
+        .with_context(|| format!("streaming server: listening on {stream_addr}"))?;
+    let streaming = tokio::spawn(keelson_cri::streaming::server::serve(
+        daemon.clone(),
+        streaming,
+    ));
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -152,6 +170,7 @@ async fn serve(cfg: DaemonConfig, socket: PathBuf) -> Result<()> {
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")?;
+    streaming.abort();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

@@ -58,6 +58,8 @@ pub struct Daemon {
     pub events: tokio::sync::broadcast::Sender<pb::ContainerEventResponse>,
     /// Pod CIDR from UpdateRuntimeConfig (reported in Status info).
     pub pod_cidr: Mutex<String>,
+    /// The streaming server's waiting requests and URL base (Exec, Attach, PortForward).
+    pub streams: crate::streaming::Streams,
 }
 
 /// Errors of daemon operations, mapped onto gRPC codes.
@@ -158,6 +160,7 @@ impl Daemon {
             locks: Mutex::new(HashMap::new()),
             events,
             pod_cidr: Mutex::new(String::new()),
+            streams: crate::streaming::Streams::default(),
         }))
     }
 

@@ -7,6 +7,7 @@ use crate::sandbox::{self, InfraSpec};
 use crate::server::{mon, net};
 use crate::spec;
 use crate::store::{ContainerRecord, SandboxRecord, SandboxState};
+use crate::streaming;
 use keelson_proto::runtime::v1 as pb;
 use pb::runtime_service_server::RuntimeService;
 use prost::Message;
@@ -762,29 +763,89 @@ impl RuntimeService for Runtime {
 
     async fn exec(
         &self,
-        _req: Request<pb::ExecRequest>,
+        req: Request<pb::ExecRequest>,
     ) -> Result<Response<pb::ExecResponse>, Status> {
-        Err(Status::unimplemented(
-            "Exec: keelsond has no streaming server yet (ExecSync works)",
-        ))
+        let req = req.into_inner();
+        if req.container_id.is_empty() {
+            return Err(DaemonError::Invalid("missing required container_id".into()).into());
+        }
+        let opts = streaming::StdioOptions {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        streaming::check_stdio(&opts, false).map_err(DaemonError::Invalid)?;
+        if req.cmd.is_empty() {
+            return Err(DaemonError::Invalid("Exec needs a command".into()).into());
+        }
+        let r = self.d.container(&req.container_id)?;
+        if self.observe(&r).state != pb::ContainerState::ContainerRunning {
+            return Err(
+                DaemonError::Precondition(format!("container {} is not running", r.id)).into(),
+            );
+        }
+        let url = self.d.streams.url_for(streaming::StreamRequest::Exec {
+            container_id: r.id,
+            cmd: req.cmd,
+            opts,
+        })?;
+        Ok(Response::new(pb::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _req: Request<pb::AttachRequest>,
+        req: Request<pb::AttachRequest>,
     ) -> Result<Response<pb::AttachResponse>, Status> {
-        Err(Status::unimplemented(
-            "Attach: keelsond has no streaming server yet",
-        ))
+        let req = req.into_inner();
+        if req.container_id.is_empty() {
+            return Err(DaemonError::Invalid("missing required container_id".into()).into());
+        }
+        let opts = streaming::StdioOptions {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            tty: req.tty,
+        };
+        streaming::check_stdio(&opts, true).map_err(DaemonError::Invalid)?;
+        let r = self.d.container(&req.container_id)?;
+        if self.observe(&r).state != pb::ContainerState::ContainerRunning {
+            return Err(
+                DaemonError::Precondition(format!("container {} is not running", r.id)).into(),
+            );
+        }
+        let url = self.d.streams.url_for(streaming::StreamRequest::Attach {
+            container_id: r.id,
+            opts,
+        })?;
+        Ok(Response::new(pb::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<pb::PortForwardRequest>,
+        req: Request<pb::PortForwardRequest>,
     ) -> Result<Response<pb::PortForwardResponse>, Status> {
-        Err(Status::unimplemented(
-            "PortForward: keelsond has no streaming server yet",
-        ))
+        let req = req.into_inner();
+        if req.pod_sandbox_id.is_empty() {
+            return Err(DaemonError::Invalid("missing required pod_sandbox_id".into()).into());
+        }
+        if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(DaemonError::Invalid(format!("port {p} is not in 1-65535")).into());
+        }
+        let sb = self.d.sandbox(&req.pod_sandbox_id)?;
+        if sb.state != SandboxState::Ready || !sb.infra.alive() {
+            return Err(
+                DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
+            );
+        }
+        let url = self
+            .d
+            .streams
+            .url_for(streaming::StreamRequest::PortForward {
+                sandbox_id: sb.id,
+                ports: req.port,
+            })?;
+        Ok(Response::new(pb::PortForwardResponse { url }))
     }
 
     async fn container_stats(
