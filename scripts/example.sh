@@ -16,7 +16,8 @@ BIN="${KEELSON_BIN_DIR:-$PWD/target/release}"
 # Short paths: the monitors' unix sockets live below the state dir (108-byte limit).
 W="$(mktemp -d /tmp/kn.XXXXXX)"
 BRIDGE=kls0
-pids=()
+# The bridge plugin turns on IPv4 forwarding for its gateway; the host gets its value back.
+FORWARD_BEFORE="$(cat /proc/sys/net/ipv4/ip_forward)"
 cleanup() {
   set +e
   echo "stopping the node"
@@ -27,6 +28,7 @@ cleanup() {
   fi
   [ -n "${KEELSOND_PID:-}" ] && kill "$KEELSOND_PID" && wait "$KEELSOND_PID" 2>/dev/null
   ip link del "$BRIDGE" 2>/dev/null
+  echo "$FORWARD_BEFORE" > /proc/sys/net/ipv4/ip_forward
   rm -rf "$W"
 }
 trap cleanup EXIT
