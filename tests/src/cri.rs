@@ -384,6 +384,21 @@ impl Drop for Keelsond {
     }
 }
 
+/// A local registry holding a static-busybox image `kt/busybox:<tag>`; returns it and the
+/// image reference keelsond pulls.
+pub fn registry_with_busybox(tag: &str) -> (crate::registry::Registry, String) {
+    use crate::images::{Compression, ImageSpec, LayerBuilder, Layout};
+    let reg = crate::registry::Registry::start().expect("registry");
+    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
+    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
+    let mut layout = Layout::new().expect("layout");
+    layout.add_tagged(&spec, tag).expect("image");
+    reg.push_layout(layout.path(), tag, "kt/busybox", &[])
+        .expect("push");
+    let name = format!("{}/kt/busybox:{tag}", reg.addr());
+    (reg, name)
+}
+
 /// A pod sandbox config with the kubelet's usual labels, a log directory in the fixture and
 /// the default namespaces.
 pub fn pod_config(k: &Keelsond, name: &str) -> pb::PodSandboxConfig {

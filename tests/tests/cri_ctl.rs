@@ -4,26 +4,12 @@
 //! message that names what is wrong, changing nothing.
 
 use keelson_tests::cri::Keelsond;
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::registry::Registry;
+use keelson_tests::cri::registry_with_busybox;
 use keelson_tests::runtime::built_binary;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-/// A registry holding a busybox image; returns it and the image reference.
-fn registry_with_busybox(tag: &str) -> (Registry, String) {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, tag).expect("image");
-    reg.push_layout(layout.path(), tag, "kt/busybox", &[])
-        .expect("push");
-    let name = format!("{}/kt/busybox:{tag}", reg.addr());
-    (reg, name)
-}
 
 /// keelsonctl pointed at one keelsond.
 struct Ctl<'a> {

@@ -2,22 +2,9 @@
 //! what a process inside sees, and what the host sees.
 
 use keelson_proto::runtime::v1 as pb;
+use keelson_tests::cri::registry_with_busybox;
 use keelson_tests::cri::{Keelsond, container_config, pod_config};
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::registry::Registry;
 use std::time::{Duration, Instant};
-
-fn registry_with_busybox(tag: &str) -> (Registry, String) {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, tag).expect("image");
-    reg.push_layout(layout.path(), tag, "kt/busybox", &[])
-        .expect("push");
-    let name = format!("{}/kt/busybox:{tag}", reg.addr());
-    (reg, name)
-}
 
 struct Pod<'a> {
     k: &'a Keelsond,

@@ -4,28 +4,14 @@
 //! forward data/error channel pairs).
 
 use keelson_proto::runtime::v1 as pb;
+use keelson_tests::cri::registry_with_busybox;
 use keelson_tests::cri::{Keelsond, container_config, pod_config};
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::registry::Registry;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{
     self, Message, WebSocket, client::IntoClientRequest, handshake::HandshakeError,
 };
-
-/// A registry holding a busybox image; returns it and the image reference.
-fn registry_with_busybox(tag: &str) -> (Registry, String) {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, tag).expect("image");
-    reg.push_layout(layout.path(), tag, "kt/busybox", &[])
-        .expect("push");
-    let name = format!("{}/kt/busybox:{tag}", reg.addr());
-    (reg, name)
-}
 
 fn pull(k: &Keelsond, image: &str) {
     k.block_on(async {

@@ -87,21 +87,10 @@ pub struct Infra {
     pub hosts_file: PathBuf,
 }
 
-/// Start time (field 22 of /proc/<pid>/stat) of a living, non-zombie process.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut f = rest.split_whitespace();
-    if f.next()? == "Z" {
-        return None;
-    }
-    f.nth(18)?.parse().ok()
-}
-
 impl Infra {
     /// Whether the infra process recorded here still runs.
     pub fn alive(&self) -> bool {
-        self.pid > 0 && start_time(self.pid) == Some(self.start_time)
+        self.pid > 0 && keelson_container::state::proc_alive(self.pid, self.start_time)
     }
 
     /// The namespace paths containers of this pod join, by type.
@@ -215,7 +204,9 @@ fn start_inner(pause_bin: &Path, spec: &InfraSpec, infra: &mut Infra) -> Result<
         }
     };
     infra.pid = pid;
-    infra.start_time = start_time(pid).ok_or_else(|| infra_err("it died at once".into()))?;
+    infra.start_time = keelson_container::state::proc_stat(pid)
+        .map(|(_, start)| start)
+        .ok_or_else(|| infra_err("it died at once".into()))?;
 
     // The pod's cgroup: <parent>/<id>, relative parents below keelsond's own cgroup.
     let path = if spec.cgroup_parent.is_empty() {

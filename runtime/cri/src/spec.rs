@@ -89,49 +89,12 @@ pub const DEFAULT_READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-const ALL_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+/// Every capability this kernel interface knows (`CAP_*` names), from the caps crate.
+fn all_caps() -> Vec<String> {
+    let mut v: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    v.sort();
+    v
+}
 
 /// Everything the spec is made from.
 pub struct Inputs<'a> {
@@ -158,11 +121,11 @@ fn cap_name(c: &str) -> String {
 /// The capability list after the CRI's add/drop (either may say "ALL").
 pub fn capabilities(add: &[String], drop: &[String], privileged: bool) -> Vec<String> {
     if privileged {
-        return ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        return all_caps();
     }
     let has_all = |l: &[String]| l.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
     let mut caps: Vec<String> = if has_all(add) {
-        ALL_CAPS.iter().map(|s| s.to_string()).collect()
+        all_caps()
     } else {
         let mut v: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
         for c in add {
@@ -815,8 +778,11 @@ mod tests {
             s(&["CAP_CHOWN"])
         );
         assert!(capabilities(&[], &s(&["ALL"]), false).is_empty());
-        assert_eq!(capabilities(&s(&["ALL"]), &[], false).len(), ALL_CAPS.len());
-        assert_eq!(capabilities(&[], &[], true).len(), ALL_CAPS.len());
+        assert_eq!(
+            capabilities(&s(&["ALL"]), &[], false).len(),
+            all_caps().len()
+        );
+        assert_eq!(capabilities(&[], &[], true).len(), all_caps().len());
     }
 
     #[test]
