@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use keelson_tests::cni::Plugins;
 
-use crate::cri_memory::{Memory, Usage};
-use crate::cri_stack::Kind;
-use crate::placement::Placement;
 use crate::stats::{ms, quantile};
-use crate::{Args, CONTAINER_COMMAND, Images, PAUSE_ENTRYPOINT, PodStart, Subject, sys};
+use crate::{Args, CONTAINER_COMMAND, PodStart, Subject, sys};
+use keelson_tests::cri_memory::{Memory, Usage};
+use keelson_tests::cri_stack::{Images, Kind, PAUSE_ENTRYPOINT};
+use keelson_tests::placement::Placement;
 
 /// The targets: keelsond at most this fraction of containerd.
 const LATENCY_TARGET: f64 = 0.5;

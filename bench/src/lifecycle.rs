@@ -2,7 +2,6 @@
 //! (`create` → `start` → the container's `/bin/true` exits → `delete`) costs with keelson,
 //! runc and crun, run in alternation. Prints figures; see `bench/README.md`.
 
-mod placement;
 mod report;
 mod stats;
 mod sys;
@@ -20,9 +19,9 @@ use clap::Parser;
 use keelson_tests::{Bundle, CgroupScope, Runtime};
 use tempfile::TempDir;
 
-use crate::placement::{Placement, Relative};
 use crate::report::Sample;
 use crate::sys::{Exit, WaitError, Waited};
+use keelson_tests::placement::{self, Placement, Relative};
 
 /// How long to wait for processes still running after `delete` before killing them.
 const STRAGGLER_GRACE: Duration = Duration::from_secs(2);

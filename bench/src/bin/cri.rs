@@ -3,16 +3,8 @@
 //! start latency (one at a time and all at once), the memory of each runtime's own processes
 //! with the pods running, and the ratios keelsond / containerd; see `bench/README.md`.
 
-#[path = "../cri_memory.rs"]
-mod cri_memory;
 #[path = "../cri_report.rs"]
 mod cri_report;
-#[path = "../cri_stack.rs"]
-mod cri_stack;
-// Shared with `lifecycle`; this bench uses part of it.
-#[allow(dead_code)]
-#[path = "../placement.rs"]
-mod placement;
 #[path = "../stats.rs"]
 mod stats;
 // Shared with the other benches; this one uses part of it.
@@ -21,7 +13,7 @@ mod stats;
 mod sys;
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -31,20 +23,10 @@ use clap::{Parser, ValueEnum};
 use keelson_proto::runtime::v1 as pb;
 use keelson_tests::CgroupScope;
 use keelson_tests::cni::Plugins;
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout, sha256};
-use keelson_tests::registry::Registry;
-use serde_json::{Value, json};
 
-use crate::cri_memory::Memory;
-use crate::cri_stack::{Cri, Daemon, Kind, Shared};
-use crate::placement::{Placement, Relative};
-
-/// What the pause image of containerd runs: stays up, exits on SIGTERM.
-const PAUSE_ENTRYPOINT: [&str; 3] = [
-    "/bin/sh",
-    "-c",
-    "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
-];
+use keelson_tests::cri_memory::Memory;
+use keelson_tests::cri_stack::{self, Cri, Daemon, Images, Kind, Shared, build_images};
+use keelson_tests::placement::{Placement, Relative};
 
 /// The container of every pod.
 const CONTAINER_COMMAND: [&str; 2] = ["/bin/sleep", "3600"];
@@ -145,16 +127,6 @@ struct Batch {
     first_error: Option<String>,
 }
 
-/// The images both runtimes use, in a local registry.
-struct Images {
-    /// Kept for its drop: stops the registry.
-    _registry: Registry,
-    busybox: String,
-    pause: String,
-    /// containerd-style `certs.d` naming the registry as plain HTTP.
-    certs_d: tempfile::TempDir,
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -229,6 +201,7 @@ fn run(args: Args) -> Result<ExitCode> {
         cgroup_base: &placement.cgroups_path,
         cgroup_base_dirs: &cgroup_base_dirs,
         ready_timeout: Duration::from_secs(60),
+        interrupted: sys::interrupted,
     };
 
     let mut subjects: Vec<Subject> = Vec::new();
@@ -317,73 +290,6 @@ fn settle(d: Duration) {
     while Instant::now() < end && !sys::interrupted() {
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A busybox image (`/bin/sleep` among its applets) and a pause image with the same layer
-/// whose entrypoint stays up until SIGTERM, pushed to a fresh local registry.
-fn build_images() -> Result<Images> {
-    let registry = Registry::start().context("start the registry")?;
-    let layer = LayerBuilder::busybox_base()
-        .context("busybox layer")?
-        .symlink("bin/sleep", "busybox")
-        .finish();
-    let mut layout = Layout::new()?;
-    let spec = ImageSpec::new(vec![(layer.clone(), Compression::Gzip)]);
-    let busybox = layout.add_tagged(&spec, "bench")?;
-
-    // The pause image: the busybox manifest's layer, a config with an entrypoint.
-    let manifest_digest = busybox
-        .get("digest")
-        .and_then(Value::as_str)
-        .context("busybox manifest digest")?;
-    let manifest: Value = serde_json::from_slice(
-        &fs::read(layout.blob_path(manifest_digest)).context("read the busybox manifest")?,
-    )?;
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Entrypoint": PAUSE_ENTRYPOINT, "Env": ["PATH=/bin"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
-    }))?;
-    let config_digest = layout.add_blob(&config)?;
-    let pause_manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": manifest["layers"],
-    }))?;
-    let pause_digest = layout.add_blob(&pause_manifest)?;
-    layout.tag(
-        &json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": pause_digest,
-            "size": pause_manifest.len(),
-        }),
-        "pause",
-    )?;
-    registry.push_layout(layout.path(), "bench", "kt/busybox", &[])?;
-    registry.push_layout(layout.path(), "pause", "kt/pause", &[])?;
-
-    let certs_d = tempfile::Builder::new().prefix("kcb-certs").tempdir()?;
-    let host_dir = certs_d.path().join(registry.addr());
-    fs::create_dir_all(&host_dir)?;
-    fs::write(
-        host_dir.join("hosts.toml"),
-        format!(
-            "server = \"http://{a}\"\n\n[host.\"http://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            a = registry.addr()
-        ),
-    )?;
-    Ok(Images {
-        busybox: format!("{}/kt/busybox:bench", registry.addr()),
-        pause: format!("{}/kt/pause:pause", registry.addr()),
-        _registry: registry,
-        certs_d,
-    })
 }
 
 async fn pull(cri: &Cri, image: &str, timeout: Duration) -> Result<String> {

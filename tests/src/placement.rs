@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use crate::CgroupScope;
 use anyhow::{Result, bail};
-use keelson_tests::CgroupScope;
 
 /// The leaf cgroup of every container: `<scope>/<CGROUP_LEAF>`.
 pub const CGROUP_LEAF: &str = "bench";

@@ -80,7 +80,7 @@ pub fn comm_and_state(pid: i32) -> Option<(String, char)> {
 
 /// All live (non-zombie) pids.
 pub fn live_pids() -> Vec<i32> {
-    keelson_tests::procs::all_pids()
+    crate::procs::all_pids()
         .into_iter()
         .filter(|p| comm_and_state(*p).is_some_and(|(_, s)| s != 'Z'))
         .collect()

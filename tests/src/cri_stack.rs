@@ -1,4 +1,4 @@
-//! The CRI runtimes of the `cri` bench, set up alike: keelsond, and containerd with its
+//! CRI runtimes for the `cri` bench and the kubelet's tests, set up alike: keelsond, and containerd with its
 //! built-in CRI plugin and runc.
 //!
 //! Each [`Daemon`] gets
@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cni::{Plugins, TestNet};
 use anyhow::{Context as _, Result, anyhow, bail};
 use keelson_proto::runtime::v1 as pb;
-use keelson_tests::cni::{Plugins, TestNet};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pb::image_service_client::ImageServiceClient;
@@ -38,6 +38,9 @@ use tempfile::TempDir;
 use tonic::transport::Channel;
 
 use crate::cri_memory::{self, Memory, live_pids};
+use crate::images::{Compression, ImageSpec, LayerBuilder, Layout, sha256};
+use crate::registry::Registry;
+use serde_json::{Value, json};
 
 /// containerd's shims put their sockets here whatever the daemon's state dir
 /// (`shim.SocketAddress` in containerd 1.6).
@@ -45,6 +48,90 @@ const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
 /// The namespace containerd's CRI plugin keeps everything in.
 const CRI_NAMESPACE: &str = "k8s.io";
+
+/// What the pause image of containerd runs: stays up, exits on SIGTERM.
+pub const PAUSE_ENTRYPOINT: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done",
+];
+
+/// The images both runtimes use, in a local registry.
+pub struct Images {
+    /// Kept for its drop: stops the registry.
+    _registry: Registry,
+    pub busybox: String,
+    pub pause: String,
+    /// containerd-style `certs.d` naming the registry as plain HTTP.
+    pub certs_d: tempfile::TempDir,
+}
+
+/// A busybox image (`/bin/sleep` among its applets) and a pause image with the same layer
+/// whose entrypoint stays up until SIGTERM, pushed to a fresh local registry.
+pub fn build_images() -> Result<Images> {
+    let registry = Registry::start().context("start the registry")?;
+    let layer = LayerBuilder::busybox_base()
+        .context("busybox layer")?
+        .symlink("bin/sleep", "busybox")
+        .finish();
+    let mut layout = Layout::new()?;
+    let spec = ImageSpec::new(vec![(layer.clone(), Compression::Gzip)]);
+    let busybox = layout.add_tagged(&spec, "bench")?;
+
+    // The pause image: the busybox manifest's layer, a config with an entrypoint.
+    let manifest_digest = busybox
+        .get("digest")
+        .and_then(Value::as_str)
+        .context("busybox manifest digest")?;
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(layout.blob_path(manifest_digest)).context("read the busybox manifest")?,
+    )?;
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": PAUSE_ENTRYPOINT, "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))?;
+    let config_digest = layout.add_blob(&config)?;
+    let pause_manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": manifest["layers"],
+    }))?;
+    let pause_digest = layout.add_blob(&pause_manifest)?;
+    layout.tag(
+        &json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": pause_digest,
+            "size": pause_manifest.len(),
+        }),
+        "pause",
+    )?;
+    registry.push_layout(layout.path(), "bench", "kt/busybox", &[])?;
+    registry.push_layout(layout.path(), "pause", "kt/pause", &[])?;
+
+    let certs_d = tempfile::Builder::new().prefix("kcb-certs").tempdir()?;
+    let host_dir = certs_d.path().join(registry.addr());
+    fs::create_dir_all(&host_dir)?;
+    fs::write(
+        host_dir.join("hosts.toml"),
+        format!(
+            "server = \"http://{a}\"\n\n[host.\"http://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            a = registry.addr()
+        ),
+    )?;
+    Ok(Images {
+        busybox: format!("{}/kt/busybox:bench", registry.addr()),
+        pause: format!("{}/kt/pause:pause", registry.addr()),
+        _registry: registry,
+        certs_d,
+    })
+}
 
 /// Which runtime a [`Daemon`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +166,8 @@ pub struct Shared<'a> {
     /// Give up on a daemon that does not answer Status with RuntimeReady and NetworkReady
     /// after this long.
     pub ready_timeout: Duration,
+    /// Asked while waiting for a daemon: `true` gives up (a bench's Ctrl-C).
+    pub interrupted: fn() -> bool,
 }
 
 /// The gRPC clients of one runtime: clones share one HTTP/2 connection.
@@ -211,7 +300,7 @@ impl Daemon {
         };
         daemon.wait_holder()?;
         daemon.launch(shared)?;
-        daemon.wait_ready(shared.ready_timeout)?;
+        daemon.wait_ready(shared.ready_timeout, shared.interrupted)?;
         Ok(daemon)
     }
 
@@ -270,7 +359,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+    fn wait_ready(&mut self, timeout: Duration, interrupted: fn() -> bool) -> Result<()> {
         let end = Instant::now() + timeout;
         let mut last = String::from("no answer yet");
         loop {
@@ -284,7 +373,7 @@ impl Daemon {
                     self.log_tail(30)
                 );
             }
-            if crate::sys::interrupted() {
+            if interrupted() {
                 bail!("interrupted");
             }
             if self.socket.exists() {
