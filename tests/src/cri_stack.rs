@@ -398,6 +398,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("daemon.log")
     }

@@ -39,6 +39,13 @@ pub struct Kubelet {
 impl Kubelet {
     /// Starts a kubelet on `k`'s socket and waits until its server answers /healthz.
     pub fn start(k: &Keelsond) -> io::Result<Kubelet> {
+        let cgroup_root = crate::unique::name("kt-kubelet", "pods");
+        Kubelet::start_on(&k.socket(), &cgroup_root)
+    }
+
+    /// Starts a kubelet on the CRI socket `socket` (any runtime) with `cgroup_root` as its
+    /// `cgroupRoot`, and waits until its server answers /healthz.
+    pub fn start_on(socket: &Path, cgroup_root: &str) -> io::Result<Kubelet> {
         let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
         for sub in ["root", "pods-logs", "manifests"] {
             fs::create_dir_all(dir.path().join(sub))?;
@@ -49,9 +56,8 @@ impl Kubelet {
             dir,
             child: None,
             bin: kubelet_binary()?,
-            endpoint: format!("unix://{}", k.socket().display()),
+            endpoint: format!("unix://{}", socket.display()),
         };
-        let cgroup_root = crate::unique::name("kt-kubelet", "pods");
         let config = format!(
             "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n\
              staticPodPath: {}\npodLogsDir: {}\nfileCheckFrequency: 1s\nsyncFrequency: 10s\n\
