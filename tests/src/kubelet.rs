@@ -46,6 +46,11 @@ impl Kubelet {
     /// Starts a kubelet on the CRI socket `socket` (any runtime) with `cgroup_root` as its
     /// `cgroupRoot`, and waits until its server answers /healthz.
     pub fn start_on(socket: &Path, cgroup_root: &str) -> io::Result<Kubelet> {
+        Kubelet::start_bin(&kubelet_binary()?, socket, cgroup_root)
+    }
+
+    /// [`Kubelet::start_on`] with the kubelet binary `bin` (a bench's release build).
+    pub fn start_bin(bin: &Path, socket: &Path, cgroup_root: &str) -> io::Result<Kubelet> {
         let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
         for sub in ["root", "pods-logs", "manifests"] {
             fs::create_dir_all(dir.path().join(sub))?;
@@ -55,7 +60,7 @@ impl Kubelet {
             healthz_port: free_port()?,
             dir,
             child: None,
-            bin: kubelet_binary()?,
+            bin: bin.to_path_buf(),
             endpoint: format!("unix://{}", socket.display()),
         };
         let config = format!(
