@@ -133,6 +133,8 @@ async fn serve(
     stream_addr: std::net::SocketAddr,
 ) -> Result<()> {
     let daemon = Daemon::open(cfg)?;
+    // Containers started before a restart: their exits are reported too.
+    Runtime { d: daemon.clone() }.watch_running();
     let streaming = keelson_cri::streaming::server::bind(&daemon, stream_addr)
         .await
         .with_context(|| format!("streaming server: listening on {stream_addr}"))?;

@@ -177,6 +177,12 @@ impl MonitorHandle {
         pidfile::alive(self.monitor_pid, self.monitor_start_time)
     }
 
+    /// A pidfd on the monitor, readable once it has exited (after recording the container's
+    /// exit); `None` if it is gone already.
+    pub fn pidfd(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        pidfile::open(self.monitor_pid, self.monitor_start_time)
+    }
+
     /// Asks the monitor to reopen its log file.
     pub fn reopen_log(&self) -> Result<()> {
         if pidfile::signal(self.monitor_pid, self.monitor_start_time, libc::SIGUSR1)? {

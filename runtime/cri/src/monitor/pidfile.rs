@@ -64,23 +64,29 @@ pub(super) fn alive(pid: i32, start_time: u64) -> bool {
     matches!(proc_stat(pid), Some((state, start)) if start == start_time && state != 'Z' && state != 'X')
 }
 
-/// Sends `sig` to the process recorded as (`pid`, `start_time`), if it is still that process.
-/// Returns false when it is gone.
-pub(super) fn signal(pid: i32, start_time: u64, sig: i32) -> Result<bool> {
+/// A pidfd pinning the process recorded as (`pid`, `start_time`), if it is still that
+/// process; `None` when it is gone. The pidfd becomes readable when the process exits.
+pub(super) fn open(pid: i32, start_time: u64) -> Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::ESRCH) {
-            return Ok(false);
+            return Ok(None);
         }
         return Err(io_err(format!("pidfd_open {pid}"))(e));
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    if !alive(pid, start_time) {
+    Ok(alive(pid, start_time).then_some(pidfd))
+}
+
+/// Sends `sig` to the process recorded as (`pid`, `start_time`), if it is still that process.
+/// Returns false when it is gone.
+pub(super) fn signal(pid: i32, start_time: u64, sig: i32) -> Result<bool> {
+    let Some(pidfd) = open(pid, start_time)? else {
         return Ok(false);
-    }
+    };
     // SAFETY: pidfd_send_signal(2) on a pidfd we own, no siginfo, no flags.
     let r = unsafe {
         libc::syscall(

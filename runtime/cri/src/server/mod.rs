@@ -6,6 +6,7 @@
 //! a sandbox or container holds that object's lock, so the kubelet's retries and parallel
 //! calls never interleave on one object.
 
+pub mod events;
 pub mod image;
 pub mod mon;
 pub mod net;
@@ -56,6 +57,10 @@ pub struct Daemon {
     pub containers: Mutex<HashMap<String, ContainerRecord>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub events: tokio::sync::broadcast::Sender<pb::ContainerEventResponse>,
+    /// Containers whose monitor an exit watcher waits on ([`events`]).
+    watching: Mutex<std::collections::HashSet<String>>,
+    /// Containers whose stop was reported (ContainerStoppedEvent goes once per container).
+    stopped: Mutex<std::collections::HashSet<String>>,
     /// Pod CIDR from UpdateRuntimeConfig (reported in Status info).
     pub pod_cidr: Mutex<String>,
     /// The streaming server's waiting requests and URL base (Exec, Attach, PortForward).
@@ -159,6 +164,8 @@ impl Daemon {
             containers: Mutex::new(containers),
             locks: Mutex::new(HashMap::new()),
             events,
+            watching: Mutex::new(std::collections::HashSet::new()),
+            stopped: Mutex::new(std::collections::HashSet::new()),
             pod_cidr: Mutex::new(String::new()),
             streams: crate::streaming::Streams::default(),
         }))
@@ -216,6 +223,9 @@ impl Daemon {
         self.store.remove_container(id).map_err(internal)?;
         let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         c.remove(id);
+        drop(c);
+        let mut s = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        s.remove(id);
         Ok(())
     }
 
@@ -229,16 +239,21 @@ impl Daemon {
         c.values().cloned().collect()
     }
 
-    pub fn emit(&self, container_id: &str, sandbox_id: &str, kind: pb::ContainerEventType) {
-        let ev = pb::ContainerEventResponse {
-            container_id: container_id.to_string(),
-            container_event_type: kind as i32,
-            created_at: now_ns(),
-            pod_sandbox_status: None,
-            containers_statuses: Vec::new(),
-        };
-        let _ = sandbox_id;
-        let _ = self.events.send(ev);
+    /// Marks `id` as watched; false if a watcher already waits on it.
+    pub fn watching_insert(&self, id: &str) -> bool {
+        let mut w = self.watching.lock().unwrap_or_else(|p| p.into_inner());
+        w.insert(id.to_string())
+    }
+
+    pub fn watching_remove(&self, id: &str) {
+        let mut w = self.watching.lock().unwrap_or_else(|p| p.into_inner());
+        w.remove(id);
+    }
+
+    /// Records that the stop of container `id` was reported; false if it already was.
+    pub fn mark_stopped(&self, id: &str) -> bool {
+        let mut s = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(id.to_string())
     }
 }
 

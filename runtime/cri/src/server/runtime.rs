@@ -94,7 +94,7 @@ impl Runtime {
         }
     }
 
-    fn sandbox_status(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStatus> {
+    pub(super) fn sandbox_status(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStatus> {
         let cfg = sandbox_config(r)?;
         let nsopts = cfg
             .linux
@@ -137,7 +137,7 @@ impl Runtime {
         })
     }
 
-    fn container_status(&self, r: &ContainerRecord) -> DResult<pb::ContainerStatus> {
+    pub(super) fn container_status(&self, r: &ContainerRecord) -> DResult<pb::ContainerStatus> {
         let cfg = container_config(r)?;
         let o = self.observe(r);
         Ok(pb::ContainerStatus {
@@ -182,7 +182,17 @@ impl Runtime {
     }
 
     /// Stops a container: `signal` first, SIGKILL after `timeout`. Idempotent.
+    /// Stops a container (see [`Runtime::stop_container_exit`]) and reports its stop once.
     async fn stop_container_inner(&self, r: &ContainerRecord, timeout: i64) -> DResult<()> {
+        self.stop_container_exit(r, timeout).await?;
+        if self.observe(r).state == pb::ContainerState::ContainerExited {
+            self.report_stopped(r);
+        }
+        Ok(())
+    }
+
+    /// Makes a running container exit: its stop signal, up to `timeout` seconds, SIGKILL.
+    async fn stop_container_exit(&self, r: &ContainerRecord, timeout: i64) -> DResult<()> {
         if self.observe(r).state != pb::ContainerState::ContainerRunning {
             // Never started: nothing runs the user's program; the monitor goes with delete.
             return Ok(());
@@ -248,7 +258,7 @@ impl Runtime {
         .await?;
         self.d.drop_container(&r.id)?;
         self.d.forget_lock(&r.id);
-        self.d.emit(
+        self.event(
             &r.id,
             &r.sandbox_id,
             pb::ContainerEventType::ContainerDeletedEvent,
@@ -397,6 +407,9 @@ impl RuntimeService for Runtime {
         }
         self.d.put_sandbox(rec)?;
         tracing::info!(sandbox = %id, pod = %meta.name, namespace = %meta.namespace, "sandbox ready");
+        // Like containerd: a sandbox's events go under its own id.
+        self.event(&id, &id, pb::ContainerEventType::ContainerCreatedEvent);
+        self.event(&id, &id, pb::ContainerEventType::ContainerStartedEvent);
         Ok(Response::new(pb::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -437,8 +450,12 @@ impl RuntimeService for Runtime {
         })
         .await?;
         r.infra = infra;
+        let was_ready = r.state == SandboxState::Ready;
         r.state = SandboxState::NotReady;
         self.d.put_sandbox(r)?;
+        if was_ready {
+            self.event(&id, &id, pb::ContainerEventType::ContainerStoppedEvent);
+        }
         Ok(Response::new(pb::StopPodSandboxResponse {}))
     }
 
@@ -471,6 +488,7 @@ impl RuntimeService for Runtime {
         blocking(move || sandbox::remove(&infra).map_err(internal)).await?;
         self.d.drop_sandbox(&r.id)?;
         self.d.forget_lock(&r.id);
+        self.event(&r.id, &r.id, pb::ContainerEventType::ContainerDeletedEvent);
         Ok(Response::new(pb::RemovePodSandboxResponse {}))
     }
 
@@ -570,7 +588,7 @@ impl RuntimeService for Runtime {
         })
         .await?;
         self.d.put_container(rec.clone())?;
-        self.d.emit(
+        self.event(
             &rec.id,
             &rec.sandbox_id,
             pb::ContainerEventType::ContainerCreatedEvent,
@@ -609,11 +627,12 @@ impl RuntimeService for Runtime {
         let mut r = r;
         r.started_at = now_ns();
         self.d.put_container(r.clone())?;
-        self.d.emit(
+        self.event(
             &r.id,
             &r.sandbox_id,
             pb::ContainerEventType::ContainerStartedEvent,
         );
+        self.watch_exit(&r.id);
         Ok(Response::new(pb::StartContainerResponse {}))
     }
 
@@ -631,11 +650,6 @@ impl RuntimeService for Runtime {
         };
         let _g = self.d.lock(&r.id).await;
         self.stop_container_inner(&r, req.timeout).await?;
-        self.d.emit(
-            &r.id,
-            &r.sandbox_id,
-            pb::ContainerEventType::ContainerStoppedEvent,
-        );
         Ok(Response::new(pb::StopContainerResponse {}))
     }
 
