@@ -4,6 +4,7 @@
 mod config;
 mod cri;
 mod defaults;
+mod events;
 mod manager;
 mod podconfig;
 mod quantity;
@@ -230,7 +231,18 @@ async fn run(cfg: config::Config) -> Result<()> {
             std::mem::forget(src_tx);
         }
     }
-    tokio::spawn(manager::pleg(sh.clone(), Duration::from_secs(1), pleg_tx));
+    let events_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(events::watch(
+        sh.clone(),
+        pleg_tx.clone(),
+        events_up.clone(),
+    ));
+    tokio::spawn(manager::pleg(
+        sh.clone(),
+        Duration::from_secs(1),
+        events_up,
+        pleg_tx,
+    ));
     let mgr = tokio::spawn(manager::run(sh.clone(), src_rx, pleg_rx));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -277,9 +277,15 @@ pub async fn file_source(
     }
 }
 
-/// The PLEG: relists the runtime every `period`, sends the UIDs whose sandboxes or
-/// containers changed, and records when a relist last succeeded (for /healthz).
-pub async fn pleg(sh: Arc<Shared>, period: Duration, tx: mpsc::Sender<HashSet<String>>) {
+/// The PLEG: relists the runtime every `period` (every [`crate::events::RELIST_WITH_EVENTS`]
+/// while `events_up` says the runtime's event stream is followed), sends the UIDs whose
+/// sandboxes or containers changed, and records when a relist last succeeded (for /healthz).
+pub async fn pleg(
+    sh: Arc<Shared>,
+    period: Duration,
+    events_up: Arc<std::sync::atomic::AtomicBool>,
+    tx: mpsc::Sender<HashSet<String>>,
+) {
     let mut cri = sh.cri.clone();
     let mut last: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut first = true;
@@ -308,6 +314,11 @@ pub async fn pleg(sh: Arc<Shared>, period: Duration, tx: mpsc::Sender<HashSet<St
                 tracing::warn!(error = %e.message(), "PLEG relist failed");
             }
         }
-        tokio::time::sleep(period).await;
+        let wait = if events_up.load(std::sync::atomic::Ordering::Relaxed) {
+            crate::events::RELIST_WITH_EVENTS
+        } else {
+            period
+        };
+        tokio::time::sleep(wait).await;
     }
 }

@@ -127,6 +127,13 @@ spec:
     let p = e.wait("web", |p| {
         phase(p) == "Running" && condition(p, "Ready") == Some("True")
     });
+    // containerd 1.6 has no GetContainerEvents: the kubelet relists only.
+    assert!(
+        e.kl.log()
+            .contains("the runtime has no container events; relisting only"),
+        "{}",
+        tail(&e.kl.log(), 30)
+    );
     assert_eq!(condition(&p, "Initialized"), Some("True"));
     assert_eq!(condition(&p, "PodReadyToStartContainers"), Some("True"));
     let init = &p["status"]["initContainerStatuses"][0];

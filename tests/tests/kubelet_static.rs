@@ -141,6 +141,13 @@ spec:
             phase(p) == "Running" && condition(p, "Ready") == Some("True")
         })
         .unwrap_or_else(|m| panic!("{m}\n--- keelsond ---\n{}", tail(&e.k.log(), 30)));
+    // keelsond offers GetContainerEvents: the PLEG follows it (the relist is the safety net).
+    assert!(
+        e.kl.log()
+            .contains("following the runtime's container events"),
+        "{}",
+        tail(&e.kl.log(), 30)
+    );
     let s = &p["status"];
     assert_eq!(p["metadata"]["namespace"], "default");
     assert_eq!(
