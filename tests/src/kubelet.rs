@@ -3,7 +3,12 @@
 //! directory in a temp dir, its servers on free loopback ports and its pods' cgroups below
 //! keelsond's own cgroup (a relative `cgroupRoot`).
 //!
-//! Drop kills the kubelet (kill -9); the pods it ran go with the Keelsond fixture's Drop.
+//! The kubelet runs in keelsond's private mount namespace (as kubelet and runtime share the
+//! host's on a node): the tmpfs and bind mounts it makes for pod volumes are seen by the runtime
+//! and never reach the machine's mount table.
+//!
+//! Drop kills the kubelet (kill -9) and unmounts whatever it left mounted below its temp dir;
+//! the pods it ran go with the Keelsond fixture's Drop.
 
 use crate::cri::Keelsond;
 use crate::runtime::built_binary;
@@ -34,6 +39,8 @@ pub struct Kubelet {
     pub healthz_port: u16,
     bin: PathBuf,
     endpoint: String,
+    /// The process holding the mount namespace the kubelet runs in (keelsond's).
+    mount_ns_pid: u32,
 }
 
 impl Kubelet {
@@ -50,6 +57,7 @@ impl Kubelet {
             child: None,
             bin: kubelet_binary()?,
             endpoint: format!("unix://{}", k.socket().display()),
+            mount_ns_pid: k.mount_ns_pid(),
         };
         let cgroup_root = crate::unique::name("kt-kubelet", "pods");
         let config = format!(
@@ -80,6 +88,50 @@ impl Kubelet {
         self.dir.path().join("pods-logs")
     }
 
+    /// --root-dir.
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The pid whose mount namespace the kubelet runs in (for `nsenter --mount`).
+    pub fn mount_ns_pid(&self) -> u32 {
+        self.mount_ns_pid
+    }
+
+    /// The mount points at or below `dir` in the kubelet's mount namespace, deepest first.
+    pub fn mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
+        let text = fs::read_to_string(format!("/proc/{}/mountinfo", self.mount_ns_pid))
+            .unwrap_or_default();
+        let mut v: Vec<PathBuf> = crate::mountinfo::parse(&text)
+            .into_iter()
+            .map(|m| PathBuf::from(m.mount_point))
+            .filter(|p| p.starts_with(dir))
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v.dedup();
+        v
+    }
+
+    /// Unmounts (lazily) everything below the temp dir, in the kubelet's mount namespace and in
+    /// this process's.
+    fn unmount_all(&self) {
+        for p in self.mounts_below(self.dir.path()) {
+            let _ = Command::new("nsenter")
+                .arg(format!("--mount=/proc/{}/ns/mnt", self.mount_ns_pid))
+                .arg("--")
+                .arg("umount")
+                .arg("-l")
+                .arg(&p)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for p in crate::mountinfo::mounts_below(self.dir.path()).unwrap_or_default() {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     /// What the kubelet logged so far (all runs).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
@@ -94,7 +146,10 @@ impl Kubelet {
             .create(true)
             .append(true)
             .open(self.dir.path().join("kubelet.log"))?;
-        let child = Command::new(&self.bin)
+        let child = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.mount_ns_pid))
+            .arg("--")
+            .arg(&self.bin)
             .arg("--config")
             .arg(self.config_path())
             .arg("--root-dir")
@@ -308,6 +363,7 @@ pub fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.kill9();
+        self.unmount_all();
     }
 }
 
