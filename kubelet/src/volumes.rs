@@ -329,7 +329,7 @@ pub fn resource_value(
             _ => 0.0,
         },
     };
-    let div = match divisor.map(|d| parse(d)).transpose()? {
+    let div = match divisor.map(parse).transpose()? {
         Some(d) if d > 0.0 => d,
         _ => {
             if is_cpu {
@@ -1433,8 +1433,13 @@ pub fn cleanup_pod(root: &Path, uid: &str) -> Result<(), String> {
         return Err(format!("refusing to clean up pod directory {uid:?}"));
     }
     let pd = pod_dir(root, uid);
-    if fs::symlink_metadata(&pd).is_err() {
-        return Ok(());
+    match fs::symlink_metadata(&pd) {
+        Err(_) => return Ok(()),
+        Ok(m) if !m.is_dir() => {
+            // Not something the kubelet made (a symlink, a file): never followed.
+            return fs::remove_file(&pd).map_err(|e| format!("removing {}: {e}", pd.display()));
+        }
+        Ok(_) => {}
     }
     unmount_below(&pd)?;
     fs::remove_dir_all(&pd).map_err(|e| format!("removing {}: {e}", pd.display()))?;
@@ -1667,6 +1672,26 @@ mod tests {
         std::os::unix::fs::symlink(d.path(), vol.join("out")).expect("link");
         assert!(safe_make_dir("out/x", &vol, 0o755).is_err());
         assert!(!d.path().join("x").exists());
+    }
+
+    #[test]
+    fn cleanup_removes_the_pod_dir_and_never_follows_a_symlink() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().join("root");
+        let vol = volume_dir(&root, "u1", EMPTY_DIR, "v");
+        fs::create_dir_all(vol.join("deep")).expect("vol");
+        fs::write(vol.join("deep/f"), "x").expect("f");
+        cleanup_pod(&root, "u1").expect("cleanup");
+        assert!(!pod_dir(&root, "u1").exists());
+        assert!(pods_dir(&root).is_dir());
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).expect("outside");
+        fs::write(outside.join("keep"), "k").expect("keep");
+        std::os::unix::fs::symlink(&outside, pod_dir(&root, "u2")).expect("link");
+        cleanup_pod(&root, "u2").expect("cleanup link");
+        assert!(fs::symlink_metadata(pod_dir(&root, "u2")).is_err());
+        assert!(outside.join("keep").is_file());
+        assert!(cleanup_pod(&root, "../x").is_err());
     }
 
     fn pod(y: &str) -> Pod {
