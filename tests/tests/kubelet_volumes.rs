@@ -166,6 +166,25 @@ fn volumes_pod_files_hosts_and_cleanup() {
     std::os::unix::fs::symlink(h.join("real"), h.join("link")).expect("link");
     let _sock = std::os::unix::net::UnixListener::bind(h.join("sock")).expect("socket");
     let hd = h.display();
+    // Types checked without being mounted anywhere: File, and BlockDevice on the first block
+    // device the machine has (if it has one).
+    let block = fs::read_dir("/dev")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            use std::os::unix::fs::FileTypeExt;
+            fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device())
+        });
+    let block_volume = block
+        .map(|b| {
+            format!(
+                "  - {{name: hpblock, hostPath: {{path: {}, type: BlockDevice}}}}\n",
+                b.display()
+            )
+        })
+        .unwrap_or_default();
     let manifest = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -231,7 +250,8 @@ spec:
   - {{name: hplink, hostPath: {{path: {hd}/link, type: Directory}}}}
   - {{name: hpsock, hostPath: {{path: {hd}/sock, type: Socket}}}}
   - {{name: hpchar, hostPath: {{path: /dev/null, type: CharDevice}}}}
-"#,
+  - {{name: hpplain, hostPath: {{path: {hd}/real/seen, type: File}}}}
+{block_volume}"#,
         image = e.image
     );
     e.kl.write_manifest("vols.yaml", &manifest)
