@@ -741,6 +741,21 @@ fn setup_tmpfs(dir: &Path, size: i64) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// An OS error as Go prints it ("no such file or directory"), for upstream-like messages.
+fn go_error(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => {
+            let d = nix::errno::Errno::from_raw(code).desc();
+            let mut c = d.chars();
+            match c.next() {
+                Some(f) => f.to_lowercase().chain(c).collect(),
+                None => e.to_string(),
+            }
+        }
+        None => e.to_string(),
+    }
+}
+
 fn check_host_path(path: &str, t: &str) -> Result<(), String> {
     use std::os::unix::fs::FileTypeExt;
     let p = Path::new(path);
@@ -753,7 +768,7 @@ fn check_host_path(path: &str, t: &str) -> Result<(), String> {
                     .recursive(true)
                     .mode(0o755)
                     .create(p)
-                    .map_err(|e| format!("mkdir {path}: {e}"));
+                    .map_err(|e| format!("mkdir {path}: {}", go_error(&e)));
             }
             ("Directory", "directory")
         }
@@ -766,7 +781,7 @@ fn check_host_path(path: &str, t: &str) -> Result<(), String> {
                     .mode(0o644)
                     .open(p)
                     .map(drop)
-                    .map_err(|e| format!("open {path}: {e}"));
+                    .map_err(|e| format!("open {path}: {}", go_error(&e)));
             }
             ("File", "file")
         }
@@ -1594,7 +1609,13 @@ mod tests {
         assert_eq!(check_host_path(&s(&newfile), "FileOrCreate"), Ok(()));
         assert!(fs::metadata(&newfile).expect("made").is_file());
         // FileOrCreate does not create parents (upstream's O_CREATE open).
-        assert!(check_host_path(&s(&d.path().join("no/f")), "FileOrCreate").is_err());
+        assert_eq!(
+            check_host_path(&s(&d.path().join("no/f")), "FileOrCreate"),
+            Err(format!(
+                "open {}: no such file or directory",
+                s(&d.path().join("no/f"))
+            ))
+        );
     }
 
     #[test]

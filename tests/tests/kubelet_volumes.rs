@@ -581,7 +581,7 @@ fn volume_failures_are_reported_and_other_pods_run() {
         format!("volume \"missing\" : hostPath {hd}/nope doesn't exist"),
         format!("volume \"sock-on-file\" : hostPath type check failed: {hd}/file is not a socket file, it's a File"),
         format!("volume \"char-on-file\" : hostPath type check failed: {hd}/file is not a character device, it's a File"),
-        format!("volume \"no-parent\" : open {hd}/none/f: No such file or directory"),
+        format!("volume \"no-parent\" : open {hd}/none/f: no such file or directory"),
         "volume \"blk\" : hostPath type check failed: /dev/null is not a block device, it's a CharDevice".to_string(),
     ] {
         assert!(msg.contains(&want), "missing {want:?} in {msg:?}");
