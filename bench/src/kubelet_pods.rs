@@ -175,8 +175,13 @@ fn run(args: Args) -> Result<ExitCode> {
         }))
         .map_err(|s| anyhow!("PullImage {r}: {}", s.message()))?;
     }
-    let kl = Kubelet::start_bin(&kubelet_bin, daemon.socket(), &daemon.cgroup_parent)
-        .context("start the kubelet")?;
+    let kl = Kubelet::start_bin(
+        &kubelet_bin,
+        daemon.socket(),
+        &daemon.cgroup_parent,
+        daemon.mount_ns_pid(),
+    )
+    .context("start the kubelet")?;
     let pid = kl.pid().context("kubelet pid")?;
 
     println!(

@@ -5,6 +5,7 @@ mod config;
 mod cri;
 mod defaults;
 mod events;
+mod hosts;
 mod manager;
 mod podconfig;
 mod quantity;
@@ -12,6 +13,7 @@ mod server;
 mod source;
 mod status;
 mod validate;
+mod volumes;
 mod worker;
 
 use anyhow::{Context, Result};
@@ -150,6 +152,7 @@ async fn run(cfg: config::Config) -> Result<()> {
     for d in [&cfg.root_dir, &cfg.pod_logs_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    volumes::init(&cfg).map_err(anyhow::Error::msg)?;
     let mut cri = cri::connect(&cfg.runtime_endpoint, &cfg.image_endpoint)
         .with_context(|| format!("container runtime endpoint {}", cfg.runtime_endpoint))?;
     // Upstream fails when the runtime does not answer; give it a minute to come up.

@@ -217,6 +217,8 @@ pub async fn run(
         sources_ready: false,
         early: HashSet::new(),
     };
+    // Upstream's housekeeping period: orphaned pod directories are cleaned up.
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             u = sources.recv() => match u {
@@ -225,6 +227,13 @@ pub async fn run(
             },
             Some(ev) = pleg.recv() => m.pleg_event(ev),
             Some(uid) = done_rx.recv() => m.worker_done(uid),
+            _ = housekeeping.tick() => {
+                if m.sources_ready {
+                    let known: HashSet<String> =
+                        m.desired.keys().chain(m.workers.keys()).cloned().collect();
+                    crate::volumes::housekeeping(&m.sh, known).await;
+                }
+            }
         }
     }
 }

@@ -415,7 +415,12 @@ pub fn env(
             if let Some(fr) = &vf.field_ref {
                 field_ref(pod, facts, &fr.field_path)?
             } else if let Some(rf) = &vf.resource_field_ref {
-                resource_field(c, &rf.resource)?
+                crate::volumes::resource_value(
+                    c,
+                    &rf.resource,
+                    rf.divisor.as_ref().map(|d| d.0.as_str()),
+                )
+                .map_err(ConfigError)?
             } else {
                 return Err(ConfigError(format!(
                     "env {:?}: configMapKeyRef/secretKeyRef need the apiserver source, which this kubelet does not have yet",
@@ -436,22 +441,6 @@ pub fn env(
         out.push((e.name.clone(), value));
     }
     Ok(out)
-}
-
-fn resource_field(c: &Container, resource: &str) -> Result<String, ConfigError> {
-    let (which, name) = resource
-        .split_once('.')
-        .ok_or_else(|| ConfigError(format!("unsupported resourceFieldRef {resource:?}")))?;
-    let q = res_of(c, which, name);
-    Ok(match (name, q) {
-        ("cpu", Some(q)) => {
-            let m = quantity::milli_cpu(q).map_err(ConfigError)?;
-            ((m + 999) / 1000).to_string()
-        }
-        (_, Some(q)) => quantity::bytes(q).map_err(ConfigError)?.to_string(),
-        // Upstream falls back to the node's allocatable; without it, 0 says "unset".
-        (_, None) => "0".into(),
-    })
 }
 
 /// Upstream's `MilliCPUToShares`.
@@ -562,11 +551,9 @@ pub fn container_config(
     facts: &PodFacts,
 ) -> Result<pb::ContainerConfig, ConfigError> {
     let (ns, name, uid) = meta(pod);
-    if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty())
-        || c.volume_devices.as_ref().is_some_and(|v| !v.is_empty())
-    {
+    if c.volume_devices.as_ref().is_some_and(|v| !v.is_empty()) {
         return Err(ConfigError(
-            "volumes are not supported by this kubelet yet".into(),
+            "volumeDevices (raw block volumes) need persistentVolumeClaim volumes, which are not supported without an apiserver".into(),
         ));
     }
     let envs = env(pod, c, facts)?;

@@ -152,6 +152,7 @@ pub fn pod(pod: &Pod) -> Result<(), String> {
             }
         }
     }
+    crate::volumes::validate(spec)?;
     Ok(())
 }
 

@@ -70,6 +70,8 @@ struct Worker {
     crash_backoff: Backoff,
     pull_backoff: Backoff,
     wake_at: Option<Instant>,
+    /// The last sync could not set the pod's volumes up (the reasons say why).
+    volume_error: bool,
 }
 
 /// Runs a pod worker until it is told to terminate and has torn the pod down; then reports
@@ -90,6 +92,7 @@ pub async fn run(
         crash_backoff: Backoff::default(),
         pull_backoff: Backoff::default(),
         wake_at: None,
+        volume_error: false,
     };
     let mut terminate = false;
     loop {
@@ -193,6 +196,12 @@ impl Worker {
                     })
                     .await?;
             }
+            if let Err(e) = crate::volumes::teardown_volumes(&self.sh.cfg.root_dir, &self.uid) {
+                tracing::warn!(error = %e, "unmounting the volumes of a terminated pod");
+            }
+            return Ok(());
+        }
+        if !self.setup_volumes(&rt) {
             return Ok(());
         }
         let sandbox = match rt.ready_sandbox() {
@@ -215,6 +224,48 @@ impl Worker {
         let rt = self.cri.pod(&self.uid).await?;
         self.publish(&rt);
         Ok(())
+    }
+
+    /// Sets the pod's volumes up (every sync, idempotent). On failure the containers that do not
+    /// run wait with their default reason and the FailedMount text as message (upstream shows
+    /// ContainerCreating and a FailedMount event), and the sync stops here; retried in 5 s.
+    fn setup_volumes(&mut self, rt: &PodRuntime) -> bool {
+        match crate::volumes::setup(&self.sh.cfg, &self.pod) {
+            Ok(()) => {
+                if std::mem::take(&mut self.volume_error) {
+                    self.reasons
+                        .retain(|_, r| !r.message.starts_with(crate::volumes::FAILED_MOUNT));
+                }
+                true
+            }
+            Err(msg) => {
+                tracing::warn!(reason = "FailedMount", "{msg}");
+                let s = spec(&self.pod);
+                let default = if s.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
+                    status::POD_INITIALIZING
+                } else {
+                    status::CONTAINER_CREATING
+                };
+                for c in s
+                    .init_containers
+                    .iter()
+                    .flatten()
+                    .chain(s.containers.iter())
+                {
+                    self.reasons.insert(
+                        c.name.clone(),
+                        Reason {
+                            reason: default.into(),
+                            message: msg.clone(),
+                        },
+                    );
+                }
+                self.volume_error = true;
+                self.publish(rt);
+                self.wake_in(Duration::from_secs(5));
+                false
+            }
+        }
     }
 
     /// Creates the pod's sandbox; false when the pod must not get one (restartPolicy Never
@@ -474,8 +525,23 @@ impl Worker {
             }
         };
         let facts = self.facts(sandbox);
+        let pod_ips: Vec<String> = if spec(&self.pod).host_network.unwrap_or(false) {
+            self.sh.host_ips.clone()
+        } else {
+            sandbox.ips.clone()
+        };
         let config =
-            match podconfig::container_config(&self.pod, c, kind, restart_count, &image, &facts) {
+            match podconfig::container_config(&self.pod, c, kind, restart_count, &image, &facts)
+                .and_then(|mut cfg| {
+                    cfg.mounts = crate::volumes::container_mounts(
+                        &self.sh.cfg,
+                        &self.pod,
+                        c,
+                        &pod_ips,
+                        &cfg.envs,
+                    )?;
+                    Ok(cfg)
+                }) {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     tracing::warn!(container = %c.name, error = %e, "CreateContainerConfigError");
@@ -645,6 +711,8 @@ impl Worker {
         for c in &rt.containers {
             self.remove_container(&c.id).await?;
         }
+        crate::volumes::cleanup_pod(&self.sh.cfg.root_dir, &self.uid)
+            .map_err(tonic::Status::internal)?;
         Ok(())
     }
 }

@@ -398,6 +398,11 @@ impl Daemon {
         }
     }
 
+    /// The process holding the daemon's mount namespace (for `nsenter --mount`).
+    pub fn mount_ns_pid(&self) -> u32 {
+        self.holder.id()
+    }
+
     /// The daemon's CRI socket.
     pub fn socket(&self) -> &Path {
         &self.socket

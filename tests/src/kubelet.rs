@@ -3,7 +3,12 @@
 //! directory in a temp dir, its servers on free loopback ports and its pods' cgroups below
 //! keelsond's own cgroup (a relative `cgroupRoot`).
 //!
-//! Drop kills the kubelet (kill -9); the pods it ran go with the Keelsond fixture's Drop.
+//! The kubelet runs in keelsond's private mount namespace (as kubelet and runtime share the
+//! host's on a node): the tmpfs and bind mounts it makes for pod volumes are seen by the runtime
+//! and never reach the machine's mount table.
+//!
+//! Drop kills the kubelet (kill -9) and unmounts whatever it left mounted below its temp dir;
+//! the pods it ran go with the Keelsond fixture's Drop.
 
 use crate::cri::Keelsond;
 use crate::runtime::built_binary;
@@ -34,23 +39,32 @@ pub struct Kubelet {
     pub healthz_port: u16,
     bin: PathBuf,
     endpoint: String,
+    /// The process holding the mount namespace the kubelet runs in (keelsond's).
+    mount_ns_pid: u32,
 }
 
 impl Kubelet {
     /// Starts a kubelet on `k`'s socket and waits until its server answers /healthz.
     pub fn start(k: &Keelsond) -> io::Result<Kubelet> {
         let cgroup_root = crate::unique::name("kt-kubelet", "pods");
-        Kubelet::start_on(&k.socket(), &cgroup_root)
+        Kubelet::start_on(&k.socket(), &cgroup_root, k.mount_ns_pid())
     }
 
     /// Starts a kubelet on the CRI socket `socket` (any runtime) with `cgroup_root` as its
-    /// `cgroupRoot`, and waits until its server answers /healthz.
-    pub fn start_on(socket: &Path, cgroup_root: &str) -> io::Result<Kubelet> {
-        Kubelet::start_bin(&kubelet_binary()?, socket, cgroup_root)
+    /// `cgroupRoot`, in the mount namespace of `mount_ns_pid` (the runtime's, so that the
+    /// volume mounts the kubelet makes are what the runtime sees), and waits until its server
+    /// answers /healthz.
+    pub fn start_on(socket: &Path, cgroup_root: &str, mount_ns_pid: u32) -> io::Result<Kubelet> {
+        Kubelet::start_bin(&kubelet_binary()?, socket, cgroup_root, mount_ns_pid)
     }
 
     /// [`Kubelet::start_on`] with the kubelet binary `bin` (a bench's release build).
-    pub fn start_bin(bin: &Path, socket: &Path, cgroup_root: &str) -> io::Result<Kubelet> {
+    pub fn start_bin(
+        bin: &Path,
+        socket: &Path,
+        cgroup_root: &str,
+        mount_ns_pid: u32,
+    ) -> io::Result<Kubelet> {
         let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
         for sub in ["root", "pods-logs", "manifests"] {
             fs::create_dir_all(dir.path().join(sub))?;
@@ -62,6 +76,7 @@ impl Kubelet {
             child: None,
             bin: bin.to_path_buf(),
             endpoint: format!("unix://{}", socket.display()),
+            mount_ns_pid,
         };
         let config = format!(
             "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n\
@@ -91,6 +106,50 @@ impl Kubelet {
         self.dir.path().join("pods-logs")
     }
 
+    /// --root-dir.
+    pub fn root_dir(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The pid whose mount namespace the kubelet runs in (for `nsenter --mount`).
+    pub fn mount_ns_pid(&self) -> u32 {
+        self.mount_ns_pid
+    }
+
+    /// The mount points at or below `dir` in the kubelet's mount namespace, deepest first.
+    pub fn mounts_below(&self, dir: &Path) -> Vec<PathBuf> {
+        let text = fs::read_to_string(format!("/proc/{}/mountinfo", self.mount_ns_pid))
+            .unwrap_or_default();
+        let mut v: Vec<PathBuf> = crate::mountinfo::parse(&text)
+            .into_iter()
+            .map(|m| PathBuf::from(m.mount_point))
+            .filter(|p| p.starts_with(dir))
+            .collect();
+        v.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        v.dedup();
+        v
+    }
+
+    /// Unmounts (lazily) everything below the temp dir, in the kubelet's mount namespace and in
+    /// this process's.
+    fn unmount_all(&self) {
+        for p in self.mounts_below(self.dir.path()) {
+            let _ = Command::new("nsenter")
+                .arg(format!("--mount=/proc/{}/ns/mnt", self.mount_ns_pid))
+                .arg("--")
+                .arg("umount")
+                .arg("-l")
+                .arg(&p)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        for p in crate::mountinfo::mounts_below(self.dir.path()).unwrap_or_default() {
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     /// What the kubelet logged so far (all runs).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
@@ -105,7 +164,10 @@ impl Kubelet {
             .create(true)
             .append(true)
             .open(self.dir.path().join("kubelet.log"))?;
-        let child = Command::new(&self.bin)
+        let child = Command::new("nsenter")
+            .arg(format!("--mount=/proc/{}/ns/mnt", self.mount_ns_pid))
+            .arg("--")
+            .arg(&self.bin)
             .arg("--config")
             .arg(self.config_path())
             .arg("--root-dir")
@@ -319,6 +381,7 @@ pub fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.kill9();
+        self.unmount_all();
     }
 }
 

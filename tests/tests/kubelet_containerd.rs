@@ -56,7 +56,8 @@ fn env() -> Env {
     };
     let ctd = Daemon::start(Kind::Containerd, &containerd, &shared, rt.handle().clone())
         .expect("containerd with its CRI plugin");
-    let kl = Kubelet::start_on(ctd.socket(), &ctd.cgroup_parent).expect("kubelet");
+    let kl =
+        Kubelet::start_on(ctd.socket(), &ctd.cgroup_parent, ctd.mount_ns_pid()).expect("kubelet");
     Env {
         kl,
         ctd,
