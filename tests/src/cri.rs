@@ -299,7 +299,7 @@ impl Keelsond {
 }
 
 /// Kills the tasks of a cgroup directory and removes it (deepest first is the caller's job).
-fn drain_cgroup(path: &Path) {
+pub fn drain_cgroup(path: &Path) {
     for _ in 0..50 {
         let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
         let pids: Vec<i32> = procs

@@ -41,13 +41,18 @@ pub struct Kubelet {
     endpoint: String,
     /// The process holding the mount namespace the kubelet runs in (keelsond's).
     mount_ns_pid: u32,
+    /// The relative `cgroupRoot` this fixture named (below this process's own cgroups):
+    /// its whole tree goes on drop.
+    owned_cgroup_root: Option<String>,
 }
 
 impl Kubelet {
     /// Starts a kubelet on `k`'s socket and waits until its server answers /healthz.
     pub fn start(k: &Keelsond) -> io::Result<Kubelet> {
         let cgroup_root = crate::unique::name("kt-kubelet", "pods");
-        Kubelet::start_on(&k.socket(), &cgroup_root, k.mount_ns_pid())
+        let mut kl = Kubelet::start_on(&k.socket(), &cgroup_root, k.mount_ns_pid())?;
+        kl.owned_cgroup_root = Some(cgroup_root);
+        Ok(kl)
     }
 
     /// Starts a kubelet on the CRI socket `socket` (any runtime) with `cgroup_root` as its
@@ -77,6 +82,7 @@ impl Kubelet {
             bin: bin.to_path_buf(),
             endpoint: format!("unix://{}", socket.display()),
             mount_ns_pid,
+            owned_cgroup_root: None,
         };
         let config = format!(
             "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n\
@@ -378,10 +384,38 @@ pub fn condition<'a>(pod: &'a Value, type_: &str) -> Option<&'a str> {
         .as_str()
 }
 
+impl Kubelet {
+    /// Kills what runs below the fixture's cgroup root and removes its tree (the runtime's
+    /// pod cgroups and the QoS levels above them), deepest first, in every hierarchy.
+    fn remove_cgroup_tree(&self) {
+        let Some(root) = &self.owned_cgroup_root else {
+            return;
+        };
+        for h in crate::cgroup::hierarchies().unwrap_or_default() {
+            let mut tree = Vec::new();
+            let mut stack = vec![h.own_dir.join(root)];
+            while let Some(d) = stack.pop() {
+                let Ok(rd) = fs::read_dir(&d) else { continue };
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(e.path());
+                    }
+                }
+                tree.push(d);
+            }
+            tree.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+            for d in tree {
+                crate::cri::drain_cgroup(&d);
+            }
+        }
+    }
+}
+
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.kill9();
         self.unmount_all();
+        self.remove_cgroup_tree();
     }
 }
 
