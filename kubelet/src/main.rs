@@ -1,6 +1,7 @@
 //! `kubelet`: keelson's node agent. Runs static pods (a manifest directory) through their
 //! whole lifecycle on any CRI runtime, and serves the kubelet API.
 
+mod admission;
 mod config;
 mod cri;
 mod defaults;

@@ -60,8 +60,31 @@ impl Manager {
         );
     }
 
-    fn active(&self) -> usize {
-        self.workers.values().filter(|h| !h.terminating).count()
+    /// Admission of a new pod next to the pods that have a worker (not terminating, not
+    /// finished).
+    fn admit(&self, pod: &Pod) -> Result<(), crate::admission::Rejection> {
+        let statuses = self.sh.pods.read().unwrap_or_else(|p| p.into_inner());
+        let others: Vec<&Pod> = self
+            .workers
+            .iter()
+            .filter(|(_, h)| !h.terminating)
+            .filter(|(uid, _)| {
+                let phase = statuses
+                    .get(*uid)
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .filter_map(|(uid, _)| self.desired.get(uid))
+            .collect();
+        let a = crate::volumes::allocatable();
+        let cap = crate::admission::Capacity {
+            pods: i64::try_from(self.sh.cfg.max_pods).unwrap_or(i64::MAX),
+            cpu_milli: a.cpu_milli,
+            memory: a.memory,
+            ephemeral_storage: a.ephemeral_storage,
+        };
+        crate::admission::admit(pod, &others, &self.sh.cfg.node_name, cap)
     }
 
     fn apply(&mut self, update: SourceUpdate) {
@@ -139,17 +162,17 @@ impl Manager {
                         .insert(CONFIG_SEEN.into(), now.clone());
                     tracing::info!(uid = %uid, file = %sp.file.display(), pod = ?pod.metadata.name, "pod added");
                     self.desired.insert(uid.clone(), pod.clone());
-                    if self.active() >= self.sh.cfg.max_pods {
-                        // Upstream's admission: the pod fails with OutOfpods.
+                    if let Err(r) = self.admit(&pod) {
+                        // Upstream's admission: the pod fails with the predicate's reason.
+                        tracing::warn!(uid = %uid, reason = %r.reason, message = %r.message, "pod rejected");
                         let mut p = pod;
                         p.status = Some(PodStatus {
                             phase: Some("Failed".into()),
-                            reason: Some("OutOfpods".into()),
-                            message: Some(format!(
-                                "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {}",
-                                self.active(),
-                                self.sh.cfg.max_pods
-                            )),
+                            reason: Some(r.reason),
+                            message: Some(r.message),
+                            qos_class: Some(
+                                crate::podconfig::qos_class(crate::podconfig::spec(&p)).to_string(),
+                            ),
                             ..Default::default()
                         });
                         self.sh

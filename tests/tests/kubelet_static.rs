@@ -511,3 +511,60 @@ fn changed_manifest_replaces_the_pod_and_orphans_go_after_a_restart() {
     }
     assert!(e.kl.pod("upd").is_none());
 }
+
+#[test]
+fn admission_rejects_pods_that_do_not_fit_the_node() {
+    let e = env("kl-admit");
+    let with = |name: &str, extra: &str| {
+        e.simple_pod(name, "Always", "exec /bin/busybox sleep 1000")
+            .replace("  restartPolicy:", &format!("{extra}  restartPolicy:"))
+    };
+    e.kl.write_manifest(
+        "cpu.yaml",
+        &with("cpu", "").replace(
+            "    command:",
+            "    resources: {requests: {cpu: \"1000\"}}\n    command:",
+        ),
+    )
+    .expect("w");
+    e.kl.write_manifest(
+        "elsewhere.yaml",
+        &with(
+            "elsewhere",
+            "  nodeSelector: {kubernetes.io/hostname: another-node}\n",
+        ),
+    )
+    .expect("w");
+    e.kl.write_manifest(
+        "linux.yaml",
+        &with("linux", "  nodeSelector: {kubernetes.io/os: linux}\n"),
+    )
+    .expect("w");
+    e.kl.wait_pod("linux", WAIT, |p| phase(p) == "Running")
+        .unwrap_or_else(|m| panic!("{m}"));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let p =
+        e.kl.wait_pod("cpu", WAIT, |p| phase(p) == "Failed")
+            .unwrap_or_else(|m| panic!("{m}"));
+    assert_eq!(p["status"]["reason"], "OutOfcpu", "{}", p["status"]);
+    assert_eq!(
+        p["status"]["message"],
+        format!(
+            "Pod was rejected: Node didn't have enough resource: cpu, requested: 1000000, used: 0, capacity: {}",
+            cores * 1000
+        )
+    );
+    let p =
+        e.kl.wait_pod("elsewhere", WAIT, |p| phase(p) == "Failed")
+            .unwrap_or_else(|m| panic!("{m}"));
+    assert_eq!(p["status"]["reason"], "NodeAffinity", "{}", p["status"]);
+    assert_eq!(
+        p["status"]["message"],
+        "Pod was rejected: Predicate NodeAffinity failed"
+    );
+    // Rejected pods never reach the runtime.
+    for name in ["cpu", "elsewhere"] {
+        let p = e.kl.pod(name).expect("listed");
+        assert!(e.sandboxes_of(&uid(&p)).is_empty(), "{name} has a sandbox");
+    }
+}
