@@ -4,12 +4,16 @@
 mod config;
 mod cri;
 mod defaults;
+mod lifecycle;
 mod manager;
 mod podconfig;
+mod prober;
+mod probes;
 mod quantity;
 mod server;
 mod source;
 mod status;
+mod termination;
 mod validate;
 mod worker;
 
