@@ -125,10 +125,12 @@ async fn send<S>(io: S, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, Strin
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|e| e.to_string())?;
+    // Header names on the wire as Go's net/http writes them (User-Agent, not user-agent).
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -290,7 +292,7 @@ mod tests {
     /// SERVING, NOT_SERVING, an unknown service and nothing listening.
     #[tokio::test]
     async fn grpc_health_check() {
-        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::ServingStatus;
         let (reporter, service) = tonic_health::server::health_reporter();
         reporter
             .set_service_status("good", ServingStatus::Serving)

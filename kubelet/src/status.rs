@@ -32,6 +32,8 @@ pub struct Context<'a> {
     pub runtime_name: &'a str,
     pub host_ips: &'a [String],
     pub now: Timestamp,
+    /// The pod's restartPolicy.
+    pub policy: &'a str,
     /// Probe results by container ID.
     pub probes: &'a HashMap<String, crate::probes::Results>,
 }
@@ -79,6 +81,18 @@ fn waiting(reason: &str, message: &str) -> ContainerState {
     }
 }
 
+/// Whether an exited container is started again (upstream's `ShouldContainerBeRestarted`).
+fn would_restart(c: &Container, is_init: bool, policy: &str, exit_code: i32) -> bool {
+    if is_sidecar(c) {
+        return true;
+    }
+    match policy {
+        "Always" => !is_init || exit_code != 0,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
+}
+
 fn container_statuses(
     containers: &[Container],
     rt: &PodRuntime,
@@ -92,6 +106,7 @@ fn container_statuses(
         CONTAINER_CREATING
     };
     let cid = |c: &RtContainer| format!("{}://{}", ctx.runtime_name, c.id);
+    let policy = ctx.policy;
     containers
         .iter()
         .map(|spec_c| {
@@ -142,8 +157,15 @@ fn container_statuses(
                 }
             }
             let running = latest.is_some_and(|l| l.state == pb::ContainerState::ContainerRunning);
+            // A container that exited for good stays terminated (upstream shows the reason
+            // only for a container that will be started again).
+            let done = latest.is_some_and(|l| {
+                l.state == pb::ContainerState::ContainerExited
+                    && !would_restart(spec_c, is_init, policy, l.exit_code)
+            });
             if let Some(r) = ctx.reasons.get(&spec_c.name)
                 && !running
+                && !done
             {
                 if let Some(l) = latest.filter(|l| l.state == pb::ContainerState::ContainerExited) {
                     st.last_state = Some(terminated(l, cid(l)));

@@ -169,7 +169,9 @@ impl Worker {
             return String::new();
         };
         let probes = self.probes.results();
+        let policy = self.policy();
         let ctx = status::Context {
+            policy: &policy,
             probes: &probes,
             reasons: &self.reasons,
             old: entry.status.as_ref(),

@@ -77,6 +77,18 @@ impl Env {
             .unwrap_or_else(|e| panic!("ExecSync {script:?} in {pod}/{name}: {e}"))
     }
 
+    /// [`Env::exec`] that must exit 0.
+    fn run(&self, pod: &str, name: &str, script: &str) {
+        let r = self.exec(pod, name, script);
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{script:?} in {pod}/{name}: {} {}",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+
     /// The log of instance `restart` of container `name` (CRI format).
     fn container_log(&self, pod: &Value, name: &str, restart: u32) -> String {
         let dir = format!(
@@ -114,6 +126,13 @@ fn restarts(p: &Value, name: &str) -> i64 {
 
 fn terminated<'a>(p: &'a Value, name: &str) -> &'a Value {
     &cs(p, name)["state"]["terminated"]
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// An HTTP server on 127.0.0.1 that answers 200 to everything and keeps the request heads.
@@ -196,7 +215,9 @@ impl Drop for Recorder {
 }
 
 /// exec (startup, liveness), httpGet by port name with a header (readiness) on busybox
-/// httpd, and httpGet and tcpSocket to the test's own server: startup gates the other probes,
+/// httpd, and httpGet and tcpSocket to the test's own server. The pod uses the host's
+/// network and the probes name `host: 127.0.0.1`: the pods' own network lives in a test
+/// netns the kubelet is not in, so pod IPs are not reachable from it here. startup gates the other probes,
 /// readiness drives `ready` and the Ready/ContainersReady conditions both ways, a failed
 /// liveness probe kills the container and it restarts with restartCount incremented.
 #[test]
@@ -211,12 +232,13 @@ metadata:
 spec:
   restartPolicy: Always
   terminationGracePeriodSeconds: 5
+  hostNetwork: true
   containers:
   - name: web
     image: {image}
-    command: ["/bin/sh", "-c", "/bin/busybox mkdir -p /www; exec /bin/busybox httpd -f -p 8080 -h /www"]
+    command: ["/bin/sh", "-c", "/bin/busybox mkdir -p /www; exec /bin/busybox httpd -f -p 127.0.0.1:{web_port} -h /www"]
     ports:
-    - {{name: http, containerPort: 8080}}
+    - {{name: http, containerPort: {web_port}}}
     startupProbe:
       exec: {{command: ["/bin/sh", "-c", "echo x >> /tmp/startup-runs; test -f /tmp/started"]}}
       periodSeconds: 1
@@ -226,7 +248,7 @@ spec:
       periodSeconds: 1
       failureThreshold: 2
     readinessProbe:
-      httpGet: {{path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: yes}}]}}
+      httpGet: {{host: 127.0.0.1, path: /ready, port: http, httpHeaders: [{{name: X-Probe, value: "yes"}}]}}
       periodSeconds: 1
   - name: peer
     image: {image}
@@ -239,7 +261,8 @@ spec:
       periodSeconds: 1
 "#,
         image = e.image,
-        port = rec.port
+        port = rec.port,
+        web_port = free_port(),
     );
     e.kl.write_manifest("probed.yaml", &manifest)
         .expect("manifest");
@@ -274,16 +297,17 @@ spec:
 
     // The peer's probes reach the test's server with upstream's headers.
     let head = rec.wait_for("/check?x=1");
+    assert!(head.starts_with("GET /check?x=1 HTTP/1.1\r\n"), "{head}");
     assert!(head.contains("User-Agent: kube-probe/1.35\r\n"), "{head}");
     assert!(head.contains("X-Test: probe\r\n"), "{head}");
     assert!(head.contains("Accept: */*\r\n"), "{head}");
     e.wait("probed", "peer ready", |p| cs(p, "peer")["ready"] == true);
 
     // Startup passes: started; not ready until /ready answers 200.
-    e.exec("probed", "web", "/bin/busybox touch /tmp/started");
+    e.run("probed", "web", "/bin/busybox touch /tmp/started");
     let p = e.wait("probed", "web started", |p| cs(p, "web")["started"] == true);
     assert_eq!(cs(&p, "web")["ready"], false);
-    e.exec("probed", "web", "echo ok > /www/ready");
+    e.run("probed", "web", "echo ok > /www/ready");
     let p = e.wait("probed", "pod ready", |p| {
         condition(p, "Ready") == Some("True") && condition(p, "ContainersReady") == Some("True")
     });
@@ -293,7 +317,7 @@ spec:
     assert_eq!(e.exec("probed", "web", "test -f /tmp/liveness-runs").exit_code, 0);
 
     // Readiness failing: not ready again, the container keeps running.
-    e.exec("probed", "web", "/bin/busybox rm /www/ready");
+    e.run("probed", "web", "/bin/busybox rm /www/ready");
     let p = e.wait("probed", "pod unready", |p| {
         condition(p, "Ready") == Some("False") && cs(p, "web")["ready"] == false
     });
@@ -312,7 +336,7 @@ spec:
     );
 
     // Liveness failing: killed and restarted, restartCount 1, lastState terminated.
-    e.exec("probed", "web", "/bin/busybox touch /tmp/dead");
+    e.run("probed", "web", "/bin/busybox touch /tmp/dead");
     let p = e.wait("probed", "web restarted", |p| {
         restarts(p, "web") >= 1 && running(p, "web")
     });
@@ -442,8 +466,9 @@ spec:
     // A failing postStart hook kills the container; with restartPolicy Never the pod fails.
     let bad = e.wait("badhook", "badhook failed", |p| phase(p) == "Failed");
     let t = terminated(&bad, "main");
-    assert!(t.is_object(), "{bad:#}");
+    assert!(t.is_object(), "terminated for good: {bad:#}");
     assert_ne!(t["exitCode"], 0, "killed by the kubelet: {bad:#}");
+    assert_eq!(cs(&bad, "main")["started"], false);
     assert!(e.kl.log().contains("FailedPostStartHook"));
 
     // Termination messages.
@@ -482,12 +507,28 @@ spec:
     e.kl.remove_manifest("hooks.yaml").expect("remove");
     rec.wait_for("/prestop");
     e.kl.wait_pod_gone("hooks", WAIT).expect("gone");
+    let hooks_uid = p["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let end = std::time::Instant::now() + WAIT;
+    while !e
+        .kl
+        .log()
+        .lines()
+        .any(|l| l.contains("pod terminated") && l.contains(&hooks_uid))
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "hooks not torn down\n{}",
+            tail(&e.kl.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let exec_log = e.container_log(&p, "exec-hooks", 0);
     let prestop_at = exec_log.find("prestop-ran");
     let term_at = exec_log.find("got TERM");
     assert!(
         prestop_at.is_some() && term_at.is_some() && prestop_at < term_at,
-        "preStop before SIGTERM: {exec_log}"
+        "preStop before SIGTERM: {exec_log}\n{}",
+        tail(&e.kl.log(), 60)
     );
     let stubborn = e.container_log(&p, "stubborn", 0);
     assert!(stubborn.contains("ignoring TERM"), "{stubborn}");
@@ -498,13 +539,12 @@ spec:
         tail(&log, 40)
     );
     // The termination message files of a removed pod are gone.
-    let hooks_uid = p["metadata"]["uid"].as_str().unwrap_or("");
     assert!(
         !e.kl
             .dir
             .path()
             .join("root/pods")
-            .join(hooks_uid)
+            .join(&hooks_uid)
             .join("containers")
             .exists()
     );
@@ -566,7 +606,7 @@ spec:
     assert_eq!(condition(&p, "Initialized"), Some("False"));
 
     // side1 started → side2, then main.
-    e.exec("side", "side1", "/bin/busybox touch /tmp/up");
+    e.run("side", "side1", "/bin/busybox touch /tmp/up");
     let p = e.wait("side", "all running", |p| {
         running(p, "side1")
             && running(p, "side2")
@@ -599,7 +639,7 @@ spec:
     );
 
     // side2 dies: it restarts while main keeps running.
-    e.exec("side", "side2", "kill 1");
+    e.run("side", "side2", "kill 1");
     let p = e.wait("side", "side2 restarted", |p| {
         restarts(p, "side2") >= 1 && running(p, "side2")
     });
@@ -608,7 +648,7 @@ spec:
     assert_eq!(phase(&p), "Running");
 
     // main completes: the sidecars are stopped (side2 before side1) and the pod Succeeds.
-    e.exec("side", "main", "/bin/busybox touch /tmp/finish");
+    e.run("side", "main", "/bin/busybox touch /tmp/finish");
     let p = e.wait("side", "pod succeeded", |p| phase(p) == "Succeeded");
     assert_eq!(terminated(&p, "main")["exitCode"], 0);
     assert!(terminated(&p, "side1").is_object(), "{p:#}");
