@@ -22,7 +22,10 @@ pub fn is_sidecar(c: &Container) -> bool {
 
 fn describe(h: &LifecycleHandler) -> String {
     if let Some(e) = &h.exec {
-        format!("Exec lifecycle hook ({:?})", e.command.as_deref().unwrap_or(&[]))
+        format!(
+            "Exec lifecycle hook ({:?})",
+            e.command.as_deref().unwrap_or(&[])
+        )
     } else if let Some(g) = &h.http_get {
         format!("HTTP lifecycle hook ({})", g.path.as_deref().unwrap_or("/"))
     } else if let Some(s) = &h.sleep {

@@ -105,10 +105,7 @@ pub async fn tcp(host: &str, port: u16, timeout: Duration) -> Outcome {
     match tokio::time::timeout(timeout, connect(host, port)).await {
         Ok(Ok(_)) => Outcome::Success(String::new()),
         Ok(Err(e)) => Outcome::Failure(e),
-        Err(_) => Outcome::Failure(format!(
-            "dial tcp {}: i/o timeout",
-            host_port(host, port)
-        )),
+        Err(_) => Outcome::Failure(format!("dial tcp {}: i/o timeout", host_port(host, port))),
     }
 }
 
@@ -281,7 +278,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(resolve_port(&IntOrString::Int(80), &c), Ok(80));
-        assert_eq!(resolve_port(&IntOrString::String("web".into()), &c), Ok(8080));
+        assert_eq!(
+            resolve_port(&IntOrString::String("web".into()), &c),
+            Ok(8080)
+        );
         assert_eq!(resolve_port(&IntOrString::String("81".into()), &c), Ok(81));
         assert!(resolve_port(&IntOrString::String("nope".into()), &c).is_err());
         assert!(resolve_port(&IntOrString::Int(0), &c).is_err());
@@ -307,9 +307,7 @@ mod tests {
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                    listener,
-                )),
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let t = Duration::from_secs(5);
         // The overall server status ("") is SERVING by default.

@@ -348,13 +348,8 @@ impl ProbeWorker {
             let Ok(port) = u16::try_from(g.port) else {
                 return Outcome::Unknown(format!("invalid port number: {}", g.port));
             };
-            return prober::grpc(
-                &t.pod_ip,
-                port,
-                g.service.as_deref().unwrap_or(""),
-                timeout,
-            )
-            .await;
+            return prober::grpc(&t.pod_ip, port, g.service.as_deref().unwrap_or(""), timeout)
+                .await;
         }
         Outcome::Unknown("missing probe handler".into())
     }

@@ -136,7 +136,7 @@ fn container_statuses(
                             crate::probes::started_ready(spec_c, ctx.probes.get(&l.id));
                         st.started = Some(started);
                         // A regular init container is ready only once it completed.
-                        st.ready = ready && !(is_init && !is_sidecar(spec_c));
+                        st.ready = ready && (!is_init || is_sidecar(spec_c));
                         if let Some(p) =
                             previous.filter(|p| p.state == pb::ContainerState::ContainerExited)
                         {

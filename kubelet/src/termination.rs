@@ -149,7 +149,10 @@ mod tests {
     fn file_then_log_fallback() {
         let d = tempfile::tempdir().expect("tmp");
         let m = prepare(d.path(), "u1", "c", "/dev/termination-log").expect("prepare");
-        assert!(m.host_path.starts_with(&d.path().join("pods/u1/containers/c").display().to_string()));
+        assert!(
+            m.host_path
+                .starts_with(&d.path().join("pods/u1/containers/c").display().to_string())
+        );
         let log = d.path().join("0.log");
         let mut lines = String::new();
         for i in 0..100 {

@@ -162,10 +162,18 @@ fn handler_count(
     sleep: bool,
     path: &str,
 ) -> Result<(), String> {
-    match [exec, http, tcp, grpc, sleep].iter().filter(|b| **b).count() {
+    match [exec, http, tcp, grpc, sleep]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    {
         1 => Ok(()),
-        0 => Err(format!("{path}: Required value: must specify a handler type")),
-        _ => Err(format!("{path}: Forbidden: may not specify more than 1 handler type")),
+        0 => Err(format!(
+            "{path}: Required value: must specify a handler type"
+        )),
+        _ => Err(format!(
+            "{path}: Forbidden: may not specify more than 1 handler type"
+        )),
     }
 }
 
@@ -173,7 +181,9 @@ fn port_ok(p: &IntOrString, path: &str) -> Result<(), String> {
     match p {
         IntOrString::Int(n) if (1..=65535).contains(n) => Ok(()),
         IntOrString::String(s) if is_port_name(s) => Ok(()),
-        _ => Err(format!("{path}.port: Invalid value: {p:?}: must be a port number between 1 and 65535 or a port name")),
+        _ => Err(format!(
+            "{path}.port: Invalid value: {p:?}: must be a port number between 1 and 65535 or a port name"
+        )),
     }
 }
 
@@ -201,7 +211,9 @@ fn probes_and_hooks(path: &str, field: &str, c: &Container) -> Result<(), String
         let Some(p) = p else { continue };
         let at = format!("{path}.{name}");
         if field == "initContainers" && !sidecar {
-            return Err(format!("{at}: Forbidden: may not be set for init containers without restartPolicy=Always"));
+            return Err(format!(
+                "{at}: Forbidden: may not be set for init containers without restartPolicy=Always"
+            ));
         }
         handler_count(
             p.exec.is_some(),
@@ -219,17 +231,27 @@ fn probes_and_hooks(path: &str, field: &str, c: &Container) -> Result<(), String
             ("failureThreshold", p.failure_threshold),
         ] {
             if v.is_some_and(|v| v < 0) {
-                return Err(format!("{at}.{f}: Invalid value: {}: must be greater than or equal to 0", v.unwrap_or(0)));
+                return Err(format!(
+                    "{at}.{f}: Invalid value: {}: must be greater than or equal to 0",
+                    v.unwrap_or(0)
+                ));
             }
         }
         if name != "readinessProbe" && p.success_threshold.is_some_and(|v| v != 1) {
-            return Err(format!("{at}.successThreshold: Invalid value: {}: must be 1", p.success_threshold.unwrap_or(0)));
+            return Err(format!(
+                "{at}.successThreshold: Invalid value: {}: must be 1",
+                p.success_threshold.unwrap_or(0)
+            ));
         }
         if name == "readinessProbe" && p.termination_grace_period_seconds.is_some() {
-            return Err(format!("{at}.terminationGracePeriodSeconds: Invalid value: must not be set for readinessProbes"));
+            return Err(format!(
+                "{at}.terminationGracePeriodSeconds: Invalid value: must not be set for readinessProbes"
+            ));
         }
         if p.termination_grace_period_seconds.is_some_and(|v| v <= 0) {
-            return Err(format!("{at}.terminationGracePeriodSeconds: Invalid value: must be greater than 0"));
+            return Err(format!(
+                "{at}.terminationGracePeriodSeconds: Invalid value: must be greater than 0"
+            ));
         }
         if let Some(h) = &p.http_get {
             port_ok(&h.port, &format!("{at}.httpGet"))?;
@@ -243,7 +265,9 @@ fn probes_and_hooks(path: &str, field: &str, c: &Container) -> Result<(), String
     }
     if let Some(l) = &c.lifecycle {
         if field == "initContainers" && !sidecar {
-            return Err(format!("{path}.lifecycle: Forbidden: may not be set for init containers without restartPolicy=Always"));
+            return Err(format!(
+                "{path}.lifecycle: Forbidden: may not be set for init containers without restartPolicy=Always"
+            ));
         }
         for (name, h) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
             let Some(h) = h else { continue };
@@ -262,7 +286,10 @@ fn probes_and_hooks(path: &str, field: &str, c: &Container) -> Result<(), String
             if let Some(s) = &h.sleep
                 && s.seconds < 0
             {
-                return Err(format!("{at}.sleep.seconds: Invalid value: {}: must be greater than or equal to 0", s.seconds));
+                return Err(format!(
+                    "{at}.sleep.seconds: Invalid value: {}: must be greater than or equal to 0",
+                    s.seconds
+                ));
             }
         }
     }
@@ -281,6 +308,55 @@ mod tests {
         assert!(!is_dns_label(&"a".repeat(64)));
         assert!(is_dns_subdomain("a.b-c"));
         assert!(!is_dns_subdomain("a..b"));
+    }
+
+    fn load(y: &str) -> Result<Pod, String> {
+        let mut p = crate::source::decode(y)?;
+        crate::source::apply_defaults(&mut p, std::path::Path::new("/m/a.yaml"), "n")?;
+        pod(&p)?;
+        Ok(p)
+    }
+
+    #[test]
+    fn probes_and_hooks_are_checked() {
+        let check = |extra: &str| {
+            let y = format!(
+                "kind: Pod\napiVersion: v1\nmetadata: {{name: a}}\nspec:\n  containers:\n  - name: c\n    image: i\n{extra}"
+            );
+            load(&y)
+        };
+        check("    livenessProbe: {exec: {command: [\"true\"]}, periodSeconds: 1}\n")
+            .expect("valid");
+        check("    lifecycle: {preStop: {sleep: {seconds: 1}}}\n").expect("valid");
+        let e = check("    livenessProbe: {exec: {command: [\"true\"]}, successThreshold: 2}\n")
+            .expect_err("successThreshold");
+        assert!(e.contains("livenessProbe.successThreshold"), "{e}");
+        let e = check("    readinessProbe: {periodSeconds: 1}\n").expect_err("no handler");
+        assert!(e.contains("must specify a handler type"), "{e}");
+        let e = check("    startupProbe: {exec: {command: [\"true\"]}, tcpSocket: {port: 80}}\n")
+            .expect_err("two handlers");
+        assert!(
+            e.contains("may not specify more than 1 handler type"),
+            "{e}"
+        );
+        let e = check("    readinessProbe: {httpGet: {port: Bad_Name}}\n").expect_err("port");
+        assert!(e.contains("readinessProbe.httpGet.port"), "{e}");
+        let e = check("    lifecycle: {postStart: {sleep: {seconds: -1}}}\n").expect_err("sleep");
+        assert!(e.contains("sleep.seconds"), "{e}");
+        let init = "kind: Pod\napiVersion: v1\nmetadata: {name: a}\nspec:\n  initContainers:\n  - name: i\n    image: i\n    livenessProbe: {exec: {command: [\"true\"]}}\n  containers:\n  - {name: c, image: i}\n";
+        let e = load(init).expect_err("init probe");
+        assert!(e.contains("restartPolicy=Always"), "{e}");
+        let sidecar = init.replace(
+            "    livenessProbe",
+            "    restartPolicy: Always\n    livenessProbe",
+        );
+        load(&sidecar).expect("sidecar with probes");
+        let bad = init.replace(
+            "    livenessProbe: {exec: {command: [\"true\"]}}\n",
+            "    restartPolicy: OnFailure\n",
+        );
+        let e = load(&bad).expect_err("init restartPolicy");
+        assert!(e.contains("restartPolicy: Unsupported value"), "{e}");
     }
 
     #[test]

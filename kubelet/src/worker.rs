@@ -622,7 +622,11 @@ impl Worker {
                     return Ok(());
                 }
             };
-        if let Some(path) = c.termination_message_path.as_deref().filter(|p| !p.is_empty()) {
+        if let Some(path) = c
+            .termination_message_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
             match crate::termination::prepare(&self.sh.cfg.root_dir, &self.uid, &c.name, path) {
                 Ok(m) => config.mounts.push(m),
                 Err(e) => {

@@ -182,10 +182,7 @@ impl Recorder {
     }
 
     fn heads(&self) -> Vec<String> {
-        self.heads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.heads.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn wait_for(&self, path: &str) -> String {
@@ -314,7 +311,11 @@ spec:
     assert_eq!(cs(&p, "web")["ready"], true);
     assert_eq!(restarts(&p, "web"), 0);
     // The liveness probe runs now that the container started.
-    assert_eq!(e.exec("probed", "web", "test -f /tmp/liveness-runs").exit_code, 0);
+    assert_eq!(
+        e.exec("probed", "web", "test -f /tmp/liveness-runs")
+            .exit_code,
+        0
+    );
 
     // Readiness failing: not ready again, the container keeps running.
     e.run("probed", "web", "/bin/busybox rm /www/ready");
@@ -458,8 +459,14 @@ spec:
     });
     rec.wait_for("/poststart");
     let end = std::time::Instant::now() + WAIT;
-    while !e.container_log(&p, "exec-hooks", 0).contains("saw poststart-ran") {
-        assert!(std::time::Instant::now() < end, "postStart exec hook did not run");
+    while !e
+        .container_log(&p, "exec-hooks", 0)
+        .contains("saw poststart-ran")
+    {
+        assert!(
+            std::time::Instant::now() < end,
+            "postStart exec hook did not run"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -473,9 +480,15 @@ spec:
 
     // Termination messages.
     let m = e.wait("messages", "messages done", |p| {
-        ["file", "custom-path", "fallback", "fallback-ok", "file-wins"]
-            .iter()
-            .all(|c| terminated(p, c).is_object())
+        [
+            "file",
+            "custom-path",
+            "fallback",
+            "fallback-ok",
+            "file-wins",
+        ]
+        .iter()
+        .all(|c| terminated(p, c).is_object())
     });
     assert_eq!(terminated(&m, "file")["message"], "custom message");
     assert_eq!(terminated(&m, "file")["exitCode"], 3);
