@@ -288,6 +288,83 @@ mod tests {
         assert!(resolve_port(&IntOrString::Int(70000), &c).is_err());
     }
 
+    /// HTTPS probes do not verify the certificate (self-signed, for another name) and read
+    /// the status; plain HTTP to the TLS port fails.
+    #[tokio::test]
+    async fn https_probe_without_verification() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tmp");
+        let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+        let st = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=not-this-host", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl");
+        assert!(st.success());
+        let id = native_tls::Identity::from_pkcs8(
+            &std::fs::read(&cert).expect("cert"),
+            &std::fs::read(&key).expect("key"),
+        )
+        .expect("identity");
+        let acceptor = tokio_native_tls::TlsAcceptor::from(
+            native_tls::TlsAcceptor::new(id).expect("acceptor"),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else { return };
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let code = if head.starts_with("GET /ok ") {
+                    200
+                } else {
+                    500
+                };
+                let _ = tls
+                    .write_all(
+                        format!("HTTP/1.1 {code} X\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody")
+                            .as_bytes(),
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let get = |path: &'static str, https: bool| HttpGet {
+            https,
+            host: "127.0.0.1",
+            port,
+            path,
+            headers: &[],
+        };
+        let t = Duration::from_secs(10);
+        assert_eq!(
+            http(&get("/ok", true), t).await,
+            Outcome::Success("body".into())
+        );
+        match http(&get("/bad", true), t).await {
+            Outcome::Failure(m) => assert!(m.contains("statuscode: 500"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        assert!(matches!(
+            http(&get("/ok", false), Duration::from_secs(3)).await,
+            Outcome::Failure(_)
+        ));
+        server.abort();
+    }
+
     /// The gRPC client against a real grpc.health.v1 server (tonic-health's) on loopback:
     /// SERVING, NOT_SERVING, an unknown service and nothing listening.
     #[tokio::test]

@@ -546,6 +546,12 @@ spec:
     let stubborn = e.container_log(&p, "stubborn", 0);
     assert!(stubborn.contains("ignoring TERM"), "{stubborn}");
     let log = e.kl.log();
+    // The 1 s preStop sleep is taken from the 6 s grace period.
+    assert!(
+        log.contains("Stopping container stubborn container=stubborn grace=5"),
+        "{}",
+        tail(&log, 40)
+    );
     assert!(
         log.contains("running the preStop hook"),
         "{}",
