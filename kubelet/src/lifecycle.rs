@@ -104,7 +104,8 @@ pub async fn post_start(c: &Container, t: &Target) -> Result<(), String> {
 }
 
 /// Kills one container as upstream's `killContainer`: preStop hook (bounded by the grace
-/// period, its time taken from it), then StopContainer with the rest (at least 2 s).
+/// period, its time taken from it), then StopContainer with the rest, at least 2 s (also for
+/// a grace period of 0, like upstream without a deletion override).
 pub async fn kill_container(
     runtime: &RuntimeServiceClient<Channel>,
     spec_c: Option<&Container>,
@@ -130,8 +131,9 @@ pub async fn kill_container(
             tracing::warn!(container = %name, "FailedPreStopHook: {e}");
         }
         grace -= started.elapsed().as_secs() as i64;
-        grace = grace.max(MIN_GRACE);
     }
+    // Upstream always leaves a container a minimal shutdown window.
+    let grace = grace.max(MIN_GRACE);
     tracing::info!(container = %name, grace, "Killing: Stopping container {name}{why}");
     let mut rt = runtime.clone();
     rt.stop_container(pb::StopContainerRequest {
