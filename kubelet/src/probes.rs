@@ -197,6 +197,58 @@ impl PodProbes {
     }
 }
 
+/// Kills the containers whose liveness or startup probe failed (the pod worker then restarts
+/// them per restartPolicy; sidecars always), with the probe's terminationGracePeriodSeconds
+/// or the pod's; true when one was killed.
+pub async fn kill_failed(
+    kills: Vec<Kill>,
+    runtime: &RuntimeServiceClient<Channel>,
+    pod: &Pod,
+    rt: &PodRuntime,
+    pod_ip: &str,
+    policy: &str,
+) -> Result<bool, tonic::Status> {
+    let spec = crate::podconfig::spec(pod);
+    let mut killed = false;
+    for k in kills {
+        if !rt
+            .containers
+            .iter()
+            .any(|c| c.id == k.container_id && c.state == pb::ContainerState::ContainerRunning)
+        {
+            continue;
+        }
+        let spec_c = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .find(|c| c.name == k.name);
+        let restart = policy != "Never" || spec_c.is_some_and(crate::lifecycle::is_sidecar);
+        let why = format!(
+            ": {}{}",
+            k.message,
+            if restart { ", will be restarted" } else { "" }
+        );
+        let grace = k
+            .grace
+            .or(spec.termination_grace_period_seconds)
+            .unwrap_or(30);
+        crate::lifecycle::kill_container(
+            runtime,
+            spec_c,
+            &k.container_id,
+            &k.name,
+            pod_ip,
+            grace,
+            &why,
+        )
+        .await?;
+        killed = true;
+    }
+    Ok(killed)
+}
+
 struct ProbeWorker {
     kind: Kind,
     probe: Probe,

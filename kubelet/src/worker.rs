@@ -219,7 +219,12 @@ impl Worker {
             }
         };
         let mut rt = self.cri.pod(&self.uid).await?;
-        if self.probe_kills(&rt, &sandbox).await? {
+        let ip = self.facts(&sandbox).pod_ip;
+        let policy = self.policy();
+        let kills = self.probes.take_kills();
+        if crate::probes::kill_failed(kills, &self.cri.runtime, &self.pod, &rt, &ip, &policy)
+            .await?
+        {
             rt = self.cri.pod(&self.uid).await?;
         }
         self.sync_probes(&rt, &sandbox);
@@ -237,54 +242,6 @@ impl Worker {
         let ip = self.facts(sandbox).pod_ip;
         self.probes
             .sync(&self.pod, rt, Some(&sandbox.id), &runtime, &ip);
-    }
-
-    /// Kills the containers whose liveness or startup probe failed (they restart per
-    /// restartPolicy); true when one was killed.
-    async fn probe_kills(
-        &mut self,
-        rt: &PodRuntime,
-        sandbox: &cri::Sandbox,
-    ) -> Result<bool, tonic::Status> {
-        let mut killed = false;
-        for k in self.probes.take_kills() {
-            if !rt
-                .containers
-                .iter()
-                .any(|c| c.id == k.container_id && c.state == pb::ContainerState::ContainerRunning)
-            {
-                continue;
-            }
-            let s = spec(&self.pod);
-            let spec_c = s
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(s.containers.iter())
-                .find(|c| c.name == k.name)
-                .cloned();
-            let restart = self.policy() != "Never"
-                || spec_c.as_ref().is_some_and(crate::lifecycle::is_sidecar);
-            let why = format!(
-                ": {}{}",
-                k.message,
-                if restart { ", will be restarted" } else { "" }
-            );
-            let grace = k.grace.unwrap_or_else(|| self.grace());
-            let ip = self.facts(sandbox).pod_ip;
-            crate::lifecycle::kill_container(
-                &self.cri.runtime,
-                spec_c.as_ref(),
-                &k.container_id,
-                &k.name,
-                &ip,
-                grace,
-                &why,
-            )
-            .await?;
-            killed = true;
-        }
-        Ok(killed)
     }
 
     /// Creates the pod's sandbox; false when the pod must not get one (restartPolicy Never

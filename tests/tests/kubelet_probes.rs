@@ -263,6 +263,28 @@ spec:
     );
     e.kl.write_manifest("probed.yaml", &manifest)
         .expect("manifest");
+    let nostart = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: nostart
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: never-starts
+    image: {image}
+    command: ["/bin/sh", "-c", "exec /bin/busybox sleep 100000"]
+    startupProbe:
+      tcpSocket: {{host: 127.0.0.1, port: {closed_port}}}
+      periodSeconds: 1
+      failureThreshold: 2
+      terminationGracePeriodSeconds: 3
+"#,
+        image = e.image,
+        closed_port = free_port(),
+    );
+    e.kl.write_manifest("nostart.yaml", &nostart)
+        .expect("manifest");
 
     // The startup probe runs and fails: not started, not ready, and liveness/readiness of
     // `web` do not run.
@@ -355,6 +377,21 @@ spec:
         tail(&log, 40)
     );
     assert_eq!(restarts(&p, "peer"), 0);
+
+    // A startup probe that never passes kills its container with the probe's own grace
+    // period; it restarts.
+    let p = e.wait("nostart", "never-starts restarted", |p| {
+        restarts(p, "never-starts") >= 1
+    });
+    assert_eq!(cs(&p, "never-starts")["ready"], false);
+    let log = e.kl.log();
+    assert!(
+        log.contains(
+            "Stopping container never-starts: Container never-starts failed startup probe, will be restarted container=never-starts grace=3"
+        ),
+        "{}",
+        tail(&log, 40)
+    );
 }
 
 /// postStart/preStop hooks (exec, httpGet, sleep), a failing postStart hook, the grace
