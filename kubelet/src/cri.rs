@@ -208,7 +208,11 @@ impl Cri {
                 finished_at: st.finished_at,
                 exit_code: st.exit_code,
                 reason: st.reason.clone(),
-                message: st.message.clone(),
+                message: if st.state == pb::ContainerState::ContainerExited as i32 {
+                    crate::termination::combine(&st.message, &crate::termination::message(&st))
+                } else {
+                    st.message.clone()
+                },
                 image: st
                     .image
                     .as_ref()

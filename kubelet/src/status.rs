@@ -3,6 +3,7 @@
 //! `generateAPIPodStatus` builds it. Computed whether or not an apiserver receives it.
 
 use crate::cri::{Container as RtContainer, PodRuntime};
+use crate::lifecycle::is_sidecar;
 use crate::podconfig::{qos_class, spec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
@@ -31,6 +32,10 @@ pub struct Context<'a> {
     pub runtime_name: &'a str,
     pub host_ips: &'a [String],
     pub now: Timestamp,
+    /// The pod's restartPolicy.
+    pub policy: &'a str,
+    /// Probe results by container ID.
+    pub probes: &'a HashMap<String, crate::probes::Results>,
 }
 
 pub fn time_ns(ns: i64) -> Option<Time> {
@@ -76,11 +81,24 @@ fn waiting(reason: &str, message: &str) -> ContainerState {
     }
 }
 
+/// Whether an exited container is started again (upstream's `ShouldContainerBeRestarted`).
+fn would_restart(c: &Container, is_init: bool, policy: &str, exit_code: i32) -> bool {
+    if is_sidecar(c) {
+        return true;
+    }
+    match policy {
+        "Always" => !is_init || exit_code != 0,
+        "OnFailure" => exit_code != 0,
+        _ => false,
+    }
+}
+
 fn container_statuses(
     containers: &[Container],
     rt: &PodRuntime,
     ctx: &Context,
     has_init: bool,
+    is_init: bool,
 ) -> Vec<ContainerStatus> {
     let default_reason = if has_init {
         POD_INITIALIZING
@@ -88,6 +106,7 @@ fn container_statuses(
         CONTAINER_CREATING
     };
     let cid = |c: &RtContainer| format!("{}://{}", ctx.runtime_name, c.id);
+    let policy = ctx.policy;
     containers
         .iter()
         .map(|spec_c| {
@@ -113,8 +132,11 @@ fn container_statuses(
                             }),
                             ..Default::default()
                         });
-                        st.started = Some(true);
-                        st.ready = spec_c.readiness_probe.is_none();
+                        let (started, ready) =
+                            crate::probes::started_ready(spec_c, ctx.probes.get(&l.id));
+                        st.started = Some(started);
+                        // A regular init container is ready only once it completed.
+                        st.ready = ready && (!is_init || is_sidecar(spec_c));
                         if let Some(p) =
                             previous.filter(|p| p.state == pb::ContainerState::ContainerExited)
                         {
@@ -123,6 +145,8 @@ fn container_statuses(
                     }
                     pb::ContainerState::ContainerExited => {
                         st.state = Some(terminated(l, cid(l)));
+                        // A regular init container is ready once it completed.
+                        st.ready = is_init && !is_sidecar(spec_c) && l.exit_code == 0;
                         if let Some(p) =
                             previous.filter(|p| p.state == pb::ContainerState::ContainerExited)
                         {
@@ -133,8 +157,15 @@ fn container_statuses(
                 }
             }
             let running = latest.is_some_and(|l| l.state == pb::ContainerState::ContainerRunning);
+            // A container that exited for good stays terminated (upstream shows the reason
+            // only for a container that will be started again).
+            let done = latest.is_some_and(|l| {
+                l.state == pb::ContainerState::ContainerExited
+                    && !would_restart(spec_c, is_init, policy, l.exit_code)
+            });
             if let Some(r) = ctx.reasons.get(&spec_c.name)
                 && !running
+                && !done
             {
                 if let Some(l) = latest.filter(|l| l.state == pb::ContainerState::ContainerExited) {
                     st.last_state = Some(terminated(l, cid(l)));
@@ -154,12 +185,32 @@ fn term(s: &Option<ContainerState>) -> Option<&ContainerStateTerminated> {
     s.as_ref().and_then(|s| s.terminated.as_ref())
 }
 
-/// Upstream's `getPhase` (without sidecars).
+/// Whether a container of the list ever ran (has a container ID).
+fn any_started(app: &[ContainerStatus]) -> bool {
+    app.iter().any(|st| st.container_id.is_some())
+}
+
+/// Upstream's `getPhase`, sidecars included: a running sidecar counts as running, a
+/// terminated one does not count; sidecars still starting keep the pod Pending until a main
+/// container has run.
 pub fn phase(pod: &Pod, init: &[ContainerStatus], app: &[ContainerStatus]) -> &'static str {
     let s = spec(pod);
     let policy = s.restart_policy.as_deref().unwrap_or("Always");
     let (mut pending_init, mut failed_init) = (0, 0);
-    for st in init {
+    let (mut pending_sidecars, mut running) = (0, 0);
+    let init_specs = s.init_containers.as_deref().unwrap_or(&[]);
+    for (st, c) in init.iter().zip(init_specs) {
+        if is_sidecar(c) {
+            if is_running(st) {
+                if st.started != Some(true) {
+                    pending_sidecars += 1;
+                }
+                running += 1;
+            } else if term(&st.state).is_none() && term(&st.last_state).is_none() {
+                pending_sidecars += 1;
+            }
+            continue;
+        }
         if is_running(st) {
             pending_init += 1;
         } else if let Some(t) = term(&st.state) {
@@ -174,7 +225,7 @@ pub fn phase(pod: &Pod, init: &[ContainerStatus], app: &[ContainerStatus]) -> &'
             pending_init += 1;
         }
     }
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    let (mut waiting, mut stopped, mut succeeded) = (0, 0, 0);
     for st in app {
         if is_running(st) {
             running += 1;
@@ -192,7 +243,7 @@ pub fn phase(pod: &Pod, init: &[ContainerStatus], app: &[ContainerStatus]) -> &'
     if failed_init > 0 && policy == "Never" {
         return "Failed";
     }
-    if pending_init > 0 || waiting > 0 {
+    if pending_init > 0 || waiting > 0 || (pending_sidecars > 0 && !any_started(app)) {
         return "Pending";
     }
     if running > 0 {
@@ -249,8 +300,8 @@ pub fn compute(pod: &Pod, rt: &PodRuntime, ctx: &Context) -> PodStatus {
     let s = spec(pod);
     let init_specs = s.init_containers.clone().unwrap_or_default();
     let has_init = !init_specs.is_empty();
-    let init = container_statuses(&init_specs, rt, ctx, has_init);
-    let app = container_statuses(&s.containers, rt, ctx, has_init);
+    let init = container_statuses(&init_specs, rt, ctx, has_init, true);
+    let app = container_statuses(&s.containers, rt, ctx, has_init, false);
     let mut ph = phase(pod, &init, &app);
     if let Some(old) = ctx.old.and_then(|o| o.phase.as_deref())
         && (old == "Succeeded" || old == "Failed")
@@ -270,22 +321,29 @@ pub fn compute(pod: &Pod, rt: &PodRuntime, ctx: &Context) -> PodStatus {
         sandbox.map(|s| s.ips.clone()).unwrap_or_default()
     };
     let completed = ph == "Succeeded";
+    // Regular init containers must have completed, sidecars must have started; once a main
+    // container ran, the pod stays initialized.
     let incomplete: Vec<&str> = init
         .iter()
-        .filter(|st| term(&st.state).is_none_or(|t| t.exit_code != 0))
-        .map(|st| st.name.as_str())
+        .zip(&init_specs)
+        .filter(|(st, c)| {
+            if is_sidecar(c) {
+                st.started != Some(true)
+            } else {
+                term(&st.state).is_none_or(|t| t.exit_code != 0)
+            }
+        })
+        .map(|(st, _)| st.name.as_str())
         .collect();
-    let initialized = incomplete.is_empty() || completed;
-    let unready: Vec<&str> = app
+    let initialized = incomplete.is_empty() || completed || any_started(&app);
+    // The main containers and the sidecars must be ready.
+    let unready: Vec<&str> = init
         .iter()
-        .filter(|st| !st.ready)
-        .map(|st| st.name.as_str())
+        .zip(&init_specs)
+        .filter(|(st, c)| is_sidecar(c) && !st.ready)
+        .map(|(st, _)| st.name.as_str())
+        .chain(app.iter().filter(|st| !st.ready).map(|st| st.name.as_str()))
         .collect();
-    let probes_msg = if s.containers.iter().any(|c| c.readiness_probe.is_some()) {
-        " (readiness probes are not supported by this kubelet yet)"
-    } else {
-        ""
-    };
     let ready = unready.is_empty();
     let (ready_reason, ready_msg) = if ready {
         (None, None)
@@ -295,7 +353,7 @@ pub fn compute(pod: &Pod, rt: &PodRuntime, ctx: &Context) -> PodStatus {
         (
             Some("ContainersNotReady"),
             Some(format!(
-                "containers with unready status: {}{probes_msg}",
+                "containers with unready status: {}",
                 names(&unready)
             )),
         )

@@ -72,6 +72,7 @@ struct Worker {
     wake_at: Option<Instant>,
     /// The last sync could not set the pod's volumes up (the reasons say why).
     volume_error: bool,
+    probes: crate::probes::PodProbes,
 }
 
 /// Runs a pod worker until it is told to terminate and has torn the pod down; then reports
@@ -93,6 +94,7 @@ pub async fn run(
         pull_backoff: Backoff::default(),
         wake_at: None,
         volume_error: false,
+        probes: Default::default(),
     };
     let mut terminate = false;
     loop {
@@ -117,6 +119,7 @@ pub async fn run(
         let first = tokio::select! {
             m = rx.recv() => m.or(Some(Msg::Terminate)),
             _ = tokio::time::sleep_until(deadline) => None,
+            _ = w.probes.changed() => None,
         };
         match first {
             Some(Msg::Update(p)) => w.pod = *p,
@@ -168,7 +171,11 @@ impl Worker {
         let Some(entry) = statuses.get_mut(&self.uid) else {
             return String::new();
         };
+        let probes = self.probes.results();
+        let policy = self.policy();
         let ctx = status::Context {
+            policy: &policy,
+            probes: &probes,
             reasons: &self.reasons,
             old: entry.status.as_ref(),
             runtime_name: &self.sh.runtime_name,
@@ -185,6 +192,8 @@ impl Worker {
         let rt = self.cri.pod(&self.uid).await?;
         let phase = self.publish(&rt);
         if phase == "Succeeded" || phase == "Failed" {
+            let runtime = self.cri.runtime.clone();
+            self.probes.sync(&self.pod, &rt, None, &runtime, "");
             // A terminal pod: nothing runs any more; the sandbox goes, the containers stay
             // for their logs and statuses.
             self.kill_containers(&rt, self.grace()).await?;
@@ -218,10 +227,20 @@ impl Worker {
                 }
             }
         };
-        let rt = self.cri.pod(&self.uid).await?;
+        let mut rt = self.cri.pod(&self.uid).await?;
+        let ip = self.facts(&sandbox).pod_ip;
+        let policy = self.policy();
+        let kills = self.probes.take_kills();
+        if crate::probes::kill_failed(kills, &self.cri.runtime, &self.pod, &rt, &ip, &policy)
+            .await?
+        {
+            rt = self.cri.pod(&self.uid).await?;
+        }
+        self.sync_probes(&rt, &sandbox);
         self.sync_containers(&rt, &sandbox).await?;
         self.prune(&rt).await;
         let rt = self.cri.pod(&self.uid).await?;
+        self.sync_probes(&rt, &sandbox);
         self.publish(&rt);
         Ok(())
     }
@@ -266,6 +285,14 @@ impl Worker {
                 false
             }
         }
+    }
+
+    /// Starts and stops the probe workers for what runs in `sandbox`.
+    fn sync_probes(&mut self, rt: &PodRuntime, sandbox: &cri::Sandbox) {
+        let runtime = self.cri.runtime.clone();
+        let ip = self.facts(sandbox).pod_ip;
+        self.probes
+            .sync(&self.pod, rt, Some(&sandbox.id), &runtime, &ip);
     }
 
     /// Creates the pod's sandbox; false when the pod must not get one (restartPolicy Never
@@ -332,12 +359,60 @@ impl Worker {
                 .find(|c| c.sandbox_id == sandbox.id)
                 .cloned()
         };
-        // Init containers: one at a time, each to completion.
+        // Once a main container ran, the pod is past its init phase: regular init containers
+        // are not run again, sidecars restart on their own.
+        let app_ran = s.containers.iter().any(|c| in_sandbox(&c.name).is_some());
+        // Main containers all done for good (Never/OnFailure): the sidecars go, and with them
+        // the pod completes.
+        let mains_done = policy != "Always"
+            && s.containers.iter().all(|c| {
+                in_sandbox(&c.name).is_some_and(|i| {
+                    i.state == pb::ContainerState::ContainerExited
+                        && !should_restart(&policy, i.exit_code)
+                })
+            });
+        if mains_done {
+            if rt
+                .containers
+                .iter()
+                .any(|c| c.state == pb::ContainerState::ContainerRunning)
+            {
+                tracing::info!("main containers completed; stopping the sidecars");
+                self.kill_containers(rt, self.grace()).await?;
+            }
+            return Ok(());
+        }
+        // Init containers in order: a regular one runs to completion, a sidecar must have
+        // started (startup probe passed, or running with postStart done) before the next.
         for ic in s.init_containers.iter().flatten() {
+            let sidecar = crate::lifecycle::is_sidecar(ic);
+            if app_ran && !sidecar {
+                continue;
+            }
             match in_sandbox(&ic.name) {
-                None => return self.start(ic, "init", rt, sandbox).await,
+                None => {
+                    self.start(ic, "init", rt, sandbox).await?;
+                    if app_ran {
+                        continue;
+                    }
+                    self.wake_in(Duration::from_secs(1));
+                    return Ok(());
+                }
                 Some(c) => match c.state {
-                    pb::ContainerState::ContainerRunning => return Ok(()),
+                    pb::ContainerState::ContainerRunning => {
+                        if sidecar && (app_ran || self.probes.started(ic, &c.id)) {
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    pb::ContainerState::ContainerExited if sidecar => {
+                        self.restart_after_backoff(ic, "init", &c, rt, sandbox)
+                            .await?;
+                        if app_ran {
+                            continue;
+                        }
+                        return Ok(());
+                    }
                     pb::ContainerState::ContainerExited if c.exit_code == 0 => continue,
                     pb::ContainerState::ContainerExited => {
                         if policy == "Never" {
@@ -349,7 +424,11 @@ impl Worker {
                     }
                     _ => {
                         self.remove_container(&c.id).await?;
-                        return self.start(ic, "init", rt, sandbox).await;
+                        self.start(ic, "init", rt, sandbox).await?;
+                        if app_ran {
+                            continue;
+                        }
+                        return Ok(());
                     }
                 },
             }
@@ -361,7 +440,17 @@ impl Worker {
                     pb::ContainerState::ContainerRunning => {
                         if !cur.hash.is_empty() && cur.hash != podconfig::container_hash(c) {
                             tracing::info!(container = %c.name, "container spec changed; killing and recreating");
-                            self.stop_container(&cur.id, self.grace()).await?;
+                            let ip = self.facts(sandbox).pod_ip;
+                            crate::lifecycle::kill_container(
+                                &self.cri.runtime,
+                                Some(c),
+                                &cur.id,
+                                &c.name,
+                                &ip,
+                                self.grace(),
+                                ": container spec changed",
+                            )
+                            .await?;
                             self.start(c, "app", rt, sandbox).await?;
                         }
                     }
@@ -530,7 +619,7 @@ impl Worker {
         } else {
             sandbox.ips.clone()
         };
-        let config =
+        let mut config =
             match podconfig::container_config(&self.pod, c, kind, restart_count, &image, &facts)
                 .and_then(|mut cfg| {
                     cfg.mounts = crate::volumes::container_mounts(
@@ -556,6 +645,18 @@ impl Worker {
                     return Ok(());
                 }
             };
+        if let Some(path) = c
+            .termination_message_path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+        {
+            match crate::termination::prepare(&self.sh.cfg.root_dir, &self.uid, &c.name, path) {
+                Ok(m) => config.mounts.push(m),
+                Err(e) => {
+                    tracing::warn!(container = %c.name, error = %e, "creating the termination message file")
+                }
+            }
+        }
         let log_dir = std::path::Path::new(&sandbox_cfg.log_directory).join(&c.name);
         let _ = std::fs::create_dir_all(&log_dir);
         let id = match self
@@ -602,6 +703,32 @@ impl Worker {
             return Ok(());
         }
         tracing::info!(container = %c.name, id = %id, restart_count, "container started");
+        let target = crate::prober::Target {
+            runtime: self.cri.runtime.clone(),
+            container_id: id.clone(),
+            pod_ip: facts.pod_ip.clone(),
+        };
+        if let Err(msg) = crate::lifecycle::post_start(c, &target).await {
+            tracing::warn!(container = %c.name, "FailedPostStartHook: {msg}");
+            crate::lifecycle::kill_container(
+                &self.cri.runtime,
+                Some(c),
+                &id,
+                &c.name,
+                &facts.pod_ip,
+                self.grace(),
+                ": FailedPostStartHook",
+            )
+            .await?;
+            self.reasons.insert(
+                c.name.clone(),
+                Reason {
+                    reason: "PostStartHookError".into(),
+                    message: msg,
+                },
+            );
+            return Ok(());
+        }
         self.reasons.remove(&c.name);
         Ok(())
     }
@@ -611,17 +738,6 @@ impl Worker {
             .termination_grace_period_seconds
             .unwrap_or(30)
             .max(0)
-    }
-
-    async fn stop_container(&mut self, id: &str, grace: i64) -> SyncResult {
-        self.cri
-            .runtime
-            .stop_container(pb::StopContainerRequest {
-                container_id: id.to_string(),
-                timeout: grace,
-            })
-            .await?;
-        Ok(())
     }
 
     async fn remove_container(&mut self, id: &str) -> SyncResult {
@@ -634,35 +750,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Stops every running container of the pod at once, each with `grace` seconds.
+    /// Stops every running container of the pod (preStop hooks, grace period, sidecars
+    /// last in reverse order).
     async fn kill_containers(&self, rt: &PodRuntime, grace: i64) -> SyncResult {
-        let mut set = tokio::task::JoinSet::new();
-        for c in rt
-            .containers
-            .iter()
-            .filter(|c| c.state == pb::ContainerState::ContainerRunning)
-        {
-            let mut client = self.cri.runtime.clone();
-            let id = c.id.clone();
-            let name = c.name.clone();
-            set.spawn(async move {
-                tracing::info!(container = %name, grace, "killing container");
-                client
-                    .stop_container(pb::StopContainerRequest {
-                        container_id: id,
-                        timeout: grace,
-                    })
-                    .await
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            match r {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(e) => return Err(tonic::Status::internal(e.to_string())),
-            }
-        }
-        Ok(())
+        let ip = rt
+            .ready_sandbox()
+            .map(|s| self.facts(s).pod_ip)
+            .unwrap_or_default();
+        crate::lifecycle::kill_pod(&self.cri.runtime, &self.pod, rt, &ip, grace).await
     }
 
     /// Keeps the two newest instances of each container (current + previous for logs and
@@ -710,6 +805,13 @@ impl Worker {
         let rt = self.cri.pod(&self.uid).await?;
         for c in &rt.containers {
             self.remove_container(&c.id).await?;
+        }
+        // The termination message files, then the volumes and the pod directory.
+        let dir = crate::termination::containers_dir(&self.sh.cfg.root_dir, &self.uid);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing the termination message files");
         }
         crate::volumes::cleanup_pod(&self.sh.cfg.root_dir, &self.uid)
             .map_err(tonic::Status::internal)?;
