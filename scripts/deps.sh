@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(busybox-static runc crun iproute2 procps util-linux python3 user-mode-linux
       docker-registry skopeo umoci containerd podman containernetworking-plugins iptables nftables
-      apache2-utils libssl-dev pkg-config curl)
+      apache2-utils libssl-dev openssl pkg-config curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
