@@ -1,7 +1,13 @@
-//! The kubelet server (plain HTTP for now; TLS and authn/authz come with the apiserver
-//! issue) and the healthz server: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`.
+//! The kubelet servers: the main one on `port` (HTTPS, see [`crate::tls`]; anonymous requests
+//! with AlwaysAllow, see [`crate::auth`]), the read-only one on `readOnlyPort` (plain HTTP) and
+//! the healthz one (plain HTTP).
+//!
+//! Main: `/healthz`, `/pods`, `/stats/summary`, `/metrics`, `/metrics/resource`, and the
+//! debugging handlers `/containerLogs/{ns}/{pod}/{container}`, `/configz`, `/exec`, `/attach`,
+//! `/portForward`, `/run`. Read-only: the same without the debugging handlers (as upstream).
 
 use crate::Shared;
+use crate::streaming;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -38,8 +44,24 @@ fn json(body: &serde_json::Value) -> Resp {
     r
 }
 
-/// Serves `listener` until the process ends; `full` adds the API beyond /healthz.
-pub async fn serve(sh: Arc<Shared>, listener: TcpListener, full: bool) {
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// /healthz only.
+    Healthz,
+    /// The read-only API (no debugging handlers).
+    ReadOnly,
+    /// Everything.
+    Main,
+}
+
+/// Serves `listener` until the process ends, over TLS when `tls` is given.
+pub async fn serve(
+    sh: Arc<Shared>,
+    listener: TcpListener,
+    mode: Mode,
+    tls: Option<tokio_native_tls::TlsAcceptor>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -50,18 +72,38 @@ pub async fn serve(sh: Arc<Shared>, listener: TcpListener, full: bool) {
             }
         };
         let sh = sh.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let sh = sh.clone();
-                async move { Ok::<_, Infallible>(handle(sh, req, full).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection");
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => serve_conn(sh, s, mode).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+                None => serve_conn(sh, stream, mode).await,
             }
         });
+    }
+}
+
+async fn serve_conn<I>(sh: Arc<Shared>, io: I, mode: Mode)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let sh = sh.clone();
+        async move { Ok::<_, Infallible>(handle(sh, req, mode).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(error = %e, "connection");
     }
 }
 
@@ -97,16 +139,62 @@ fn healthz(sh: &Shared) -> Resp {
     text(StatusCode::OK, "ok")
 }
 
-async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+async fn handle(sh: Arc<Shared>, req: Request<Incoming>, mode: Mode) -> Resp {
+    let path = req.uri().path().to_string();
+    let streaming = [
+        ("/exec/", streaming::Kind::Exec),
+        ("/attach/", streaming::Kind::Attach),
+        ("/portForward/", streaming::Kind::PortForward),
+        ("/run/", streaming::Kind::Run),
+    ]
+    .into_iter()
+    .find_map(|(p, k)| path.strip_prefix(p).map(|rest| (k, rest.to_string())));
+    let allowed = match &streaming {
+        Some((streaming::Kind::Run, _)) => req.method() == Method::POST,
+        Some(_) => req.method() == Method::GET || req.method() == Method::POST,
+        None => req.method() == Method::GET || req.method() == Method::HEAD,
+    };
+    if !allowed {
         return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
     }
-    let path = req.uri().path().to_string();
     if path == "/healthz" || path == "/healthz/" {
         return healthz(&sh);
     }
-    if !full {
+    if mode == Mode::Healthz {
         return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    }
+    match path.as_str() {
+        "/stats/summary" | "/stats/summary/" => {
+            let only = query(&req)
+                .get("only_cpu_and_memory")
+                .is_some_and(|v| v == "true" || v == "1");
+            return match crate::stats::summary(&sh, only).await {
+                Ok(v) => json(&v),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to get summary stats: {}", e.message()),
+                ),
+            };
+        }
+        "/metrics" => return metrics_text(render_metrics(&sh).await),
+        "/metrics/resource" => {
+            return match crate::stats::summary(&sh, true).await {
+                Ok(v) => metrics_text(crate::stats::resource_metrics(&v)),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to get resource stats: {}", e.message()),
+                ),
+            };
+        }
+        _ => {}
+    }
+    // Upstream's debugging handlers: not on the read-only port.
+    let debug = mode == Mode::Main;
+    if debug && path == "/configz" {
+        return json(&crate::configz::configz(&sh.cfg));
+    }
+    if debug && let Some((kind, rest)) = streaming {
+        return streaming::handle(&sh, req, kind, &rest).await;
     }
     if path == "/pods" || path == "/pods/" {
         let items: Vec<serde_json::Value> = sh
@@ -130,7 +218,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
             "items": items,
         }));
     }
-    if let Some(rest) = path.strip_prefix("/containerLogs/") {
+    if debug && let Some(rest) = path.strip_prefix("/containerLogs/") {
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         if parts.len() != 3 {
             return text(
@@ -141,6 +229,55 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
         return container_logs(&sh, parts[0], parts[1], parts[2], &query(&req)).await;
     }
     text(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+fn metrics_text(body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// /metrics: the recorded families plus the gauges counted from the runtime now.
+async fn render_metrics(sh: &Shared) -> String {
+    let mut cri = sh.cri.clone();
+    let mut running_pods = 0;
+    let mut containers: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    if let Ok(r) = cri
+        .runtime
+        .list_pod_sandbox(keelson_proto::runtime::v1::ListPodSandboxRequest { filter: None })
+        .await
+    {
+        running_pods = r
+            .into_inner()
+            .items
+            .iter()
+            .filter(|s| s.state == keelson_proto::runtime::v1::PodSandboxState::SandboxReady as i32)
+            .count() as u64;
+    }
+    if let Ok(r) = cri
+        .runtime
+        .list_containers(keelson_proto::runtime::v1::ListContainersRequest { filter: None })
+        .await
+    {
+        use keelson_proto::runtime::v1::ContainerState as S;
+        for c in r.into_inner().containers {
+            let state = match S::try_from(c.state) {
+                Ok(S::ContainerCreated) => "created",
+                Ok(S::ContainerRunning) => "running",
+                Ok(S::ContainerExited) => "exited",
+                _ => "unknown",
+            };
+            *containers.entry(state).or_default() += 1;
+        }
+    }
+    crate::metrics::render(&crate::metrics::Gauges {
+        node_name: sh.cfg.node_name.clone(),
+        running_pods,
+        containers,
+    })
 }
 
 /// One CRI log line: `<RFC3339Nano> <stream> <P|F> <content>`.
