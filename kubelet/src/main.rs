@@ -8,6 +8,7 @@ mod configz;
 mod cri;
 mod defaults;
 mod logs;
+mod logstream;
 mod manager;
 mod metrics;
 mod podconfig;

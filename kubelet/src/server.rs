@@ -139,7 +139,35 @@ fn healthz(sh: &Shared) -> Resp {
     text(StatusCode::OK, "ok")
 }
 
-async fn handle(sh: Arc<Shared>, req: Request<Incoming>, mode: Mode) -> Resp {
+/// `follow=true` logs stream; everything else is one buffer.
+async fn handle(
+    sh: Arc<Shared>,
+    req: Request<Incoming>,
+    mode: Mode,
+) -> Response<crate::logstream::Body> {
+    use http_body_util::BodyExt;
+    let q = query(&req);
+    if mode == Mode::Main
+        && req.method() == Method::GET
+        && q.get("follow").is_some_and(|v| v == "true" || v == "1")
+        && let Some(rest) = req.uri().path().strip_prefix("/containerLogs/")
+    {
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        if parts.len() == 3 {
+            let opts = match crate::logstream::Opts::parse(&q) {
+                Ok(o) => o,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e).map(|b| b.boxed_unsync()),
+            };
+            return match resolve_container(&sh, parts[0], parts[1], parts[2], &q).await {
+                Ok(c) => crate::logstream::follow(sh.clone(), c, opts),
+                Err(r) => r.map(|b| b.boxed_unsync()),
+            };
+        }
+    }
+    handle_full(sh, req, mode).await.map(|b| b.boxed_unsync())
+}
+
+async fn handle_full(sh: Arc<Shared>, req: Request<Incoming>, mode: Mode) -> Resp {
     let path = req.uri().path().to_string();
     let streaming = [
         ("/exec/", streaming::Kind::Exec),
@@ -280,44 +308,20 @@ async fn render_metrics(sh: &Shared) -> String {
     })
 }
 
-/// One CRI log line: `<RFC3339Nano> <stream> <P|F> <content>`.
-fn parse_cri_line(line: &str) -> Option<(&str, &str, bool, &str)> {
-    let mut it = line.splitn(4, ' ');
-    let ts = it.next()?;
-    let stream = it.next()?;
-    let tag = it.next()?;
-    let content = it.next().unwrap_or("");
-    Some((ts, stream, tag.starts_with('F'), content))
-}
-
 /// The lines of a CRI log (partial lines joined), each with the time of its first part.
 pub fn read_cri_log(data: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut partial: HashMap<String, (String, String)> = HashMap::new();
-    for line in data.lines() {
-        let Some((ts, stream, full, content)) = parse_cri_line(line) else {
-            continue;
-        };
-        let entry = partial
-            .entry(stream.to_string())
-            .or_insert_with(|| (ts.to_string(), String::new()));
-        entry.1.push_str(content);
-        if full {
-            if let Some((t, c)) = partial.remove(stream) {
-                out.push((t, c));
-            }
-        }
-    }
-    out
+    let mut j = crate::logstream::Joiner::default();
+    data.lines().filter_map(|l| j.feed(l)).collect()
 }
 
-async fn container_logs(
+/// The container instance a log request is about (the current one, or the previous one).
+async fn resolve_container(
     sh: &Shared,
     ns: &str,
     pod: &str,
     container: &str,
     q: &HashMap<String, String>,
-) -> Resp {
+) -> Result<crate::cri::Container, Resp> {
     let uid = sh
         .pods
         .read()
@@ -328,15 +332,20 @@ async fn container_logs(
         })
         .and_then(|p| p.metadata.uid.clone());
     let Some(uid) = uid else {
-        return text(
+        return Err(text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" in namespace \"{ns}\" not found"),
-        );
+        ));
     };
     let mut cri = sh.cri.clone();
     let rt = match cri.pod(&uid).await {
         Ok(rt) => rt,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
+        Err(e) => {
+            return Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.message().to_string(),
+            ));
+        }
     };
     let previous = q.get("previous").is_some_and(|v| v == "true" || v == "1");
     let mut inst = rt.instances(container);
@@ -349,7 +358,25 @@ async fn container_logs(
                 "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
             )
         };
-        return text(StatusCode::BAD_REQUEST, msg);
+        return Err(text(StatusCode::BAD_REQUEST, msg));
+    };
+    Ok(c.clone())
+}
+
+async fn container_logs(
+    sh: &Shared,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &HashMap<String, String>,
+) -> Resp {
+    let opts = match crate::logstream::Opts::parse(q) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let c = match resolve_container(sh, ns, pod, container, q).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let data = match tokio::fs::read(&c.log_path).await {
         Ok(d) => String::from_utf8_lossy(&d).into_owned(),
@@ -361,21 +388,16 @@ async fn container_logs(
         }
     };
     let mut lines = read_cri_log(&data);
-    if let Some(n) = q.get("tailLines").and_then(|v| v.parse::<usize>().ok()) {
+    lines.retain(|(ts, _)| opts.keep(ts));
+    if let Some(n) = opts.tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
     }
-    let timestamps = q.get("timestamps").is_some_and(|v| v == "true" || v == "1");
     let mut body = String::new();
     for (ts, l) in lines {
-        if timestamps {
-            body.push_str(&ts);
-            body.push(' ');
-        }
-        body.push_str(&l);
-        body.push('\n');
+        opts.format(&ts, &l, &mut body);
     }
-    if let Some(n) = q.get("limitBytes").and_then(|v| v.parse::<usize>().ok())
+    if let Some(n) = opts.limit
         && body.len() > n
     {
         let mut cut = n;

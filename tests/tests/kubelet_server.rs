@@ -9,7 +9,7 @@ use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
 use keelson_tests::kubelet::{Kubelet, NODE, container_status, kubelet_binary, tail};
 use keelson_tests::registry::Registry;
 use serde_json::Value;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -198,19 +198,23 @@ fn https_server_stats_metrics_exec_and_logs() {
         (200, "ok".to_string())
     );
 
-    // A chatty pod: ~2.5 KiB of log a second, some CPU.
+    // A chatty container: ~2.5 KiB of log a second, some CPU; and a web server on the pod's
+    // loopback only (for the port forward).
+    let web = "mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www";
     let script = "while true; do i=0; while [ $i -lt 40 ]; do echo \"line $i abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz\"; i=$((i+1)); done; sleep 1; done";
     kl.write_manifest(
         "stats.yaml",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stats\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n",
-            e.image
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stats\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n  - name: web\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {web:?}]\n",
+            e.image, e.image
         ),
     )
     .expect("manifest");
     let pod = kl
         .wait_pod("stats", WAIT, |p| {
-            container_status(p, "main").is_some_and(|c| c["state"]["running"].is_object())
+            ["main", "web"]
+                .iter()
+                .all(|n| container_status(p, n).is_some_and(|c| c["state"]["running"].is_object()))
         })
         .unwrap_or_else(|m| panic!("{m}"));
     let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
@@ -247,6 +251,11 @@ fn https_server_stats_metrics_exec_and_logs() {
     assert!(s["node"]["startTime"].is_string(), "{s}");
     assert_eq!(first["podRef"]["name"], pod_name.as_str(), "{first}");
     assert_eq!(first["podRef"]["namespace"], "default", "{first}");
+    assert_eq!(
+        first["containers"].as_array().map(Vec::len),
+        Some(2),
+        "{first}"
+    );
     let c = &first["containers"][0];
     assert_eq!(c["name"], "main", "{first}");
     assert!(c["startTime"].is_string(), "{first}");
@@ -329,7 +338,7 @@ fn https_server_stats_metrics_exec_and_logs() {
             &m,
             "kubelet_running_containers{container_state=\"running\"}"
         ),
-        Some(1.0),
+        Some(2.0),
         "{m}"
     );
     assert!(
@@ -447,6 +456,28 @@ fn https_server_stats_metrics_exec_and_logs() {
         Some(404)
     );
 
+    // /portForward over WebSocket through the kubelet: each channel pair starts with the port
+    // (little endian), then the pod's loopback httpd answers on channel 0.
+    let pf = format!("/portForward/default/{pod_name}?port=8080");
+    let body = wait_for("the port forward to reach httpd", kl, || {
+        let (mut ws, proto) = ws_open(kl, &pf, "v4.channel.k8s.io").expect("port forward upgrade");
+        assert_eq!(proto.as_deref(), Some("v4.channel.k8s.io"));
+        let mut first = Vec::new();
+        while first.len() < 2 {
+            if let Message::Binary(b) = ws.read().expect("port headers") {
+                first.push(b.to_vec());
+            }
+        }
+        assert_eq!(first, [vec![0u8, 0x90, 0x1f], vec![1u8, 0x90, 0x1f]]);
+        let mut m = vec![0u8];
+        m.extend_from_slice(b"GET /index.html HTTP/1.0\r\n\r\n");
+        ws.send(Message::Binary(m.into())).expect("send");
+        let (got, _) = read_channels(&mut ws);
+        let body = channel(&got, 0);
+        body.contains("hello-from-pod").then_some(body)
+    });
+    assert!(body.starts_with("HTTP/1."), "{body}");
+
     // The /var/log/containers link of the container points at its log file.
     let log_dir = kl
         .pod_logs()
@@ -510,6 +541,66 @@ fn https_server_stats_metrics_exec_and_logs() {
         .expect("logs");
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("line "), "{body}");
+
+    // sinceTime / sinceSeconds filter by the CRI timestamps; both at once is refused.
+    let logs = format!("/containerLogs/default/{pod_name}/main");
+    assert_eq!(
+        kl.get(&format!("{logs}?sinceTime=2100-01-01T00:00:00Z"))
+            .expect("logs"),
+        (200, String::new())
+    );
+    let (code, body) = kl.get(&format!("{logs}?sinceSeconds=3600")).expect("logs");
+    assert!(code == 200 && body.starts_with("line "), "{code} {body}");
+    assert_eq!(
+        kl.get(&format!(
+            "{logs}?sinceSeconds=5&sinceTime=2024-01-01T00:00:00Z"
+        ))
+        .expect("logs")
+        .0,
+        400
+    );
+    // follow=true streams new lines, across rotations, without losing any: the container
+    // numbers its lines 0..39 in each burst.
+    let mut tls = kl.tls_connect().expect("tls");
+    write!(
+        tls,
+        "GET {logs}?follow=true&tailLines=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16384];
+    let end = Instant::now() + Duration::from_secs(60);
+    let numbers = |raw: &[u8]| -> Vec<u32> {
+        String::from_utf8_lossy(raw)
+            .split('\n')
+            .filter_map(|l| l.strip_prefix("line "))
+            .filter_map(|l| l.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    while numbers(&raw).len() < 200 {
+        assert!(
+            Instant::now() < end,
+            "follow: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        let n = tls.read(&mut buf).expect("read the followed log");
+        assert!(
+            n > 0,
+            "follow ended early: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&raw);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let ns = numbers(&raw);
+    for w in ns.windows(2) {
+        assert!(
+            w[1] == w[0] + 1 || (w[0] == 39 && w[1] == 0),
+            "a line went missing while following: {ns:?}"
+        );
+    }
+    drop(tls);
 
     // Removing the manifest: the pod goes (inotify again) and its link with it.
     kl.remove_manifest("stats.yaml").expect("rm");
