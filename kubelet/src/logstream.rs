@@ -121,7 +121,7 @@ pub fn follow(sh: Arc<Shared>, c: Container, opts: Opts) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         if let Err(e) = run(&sh, &c, opts, tx).await {
-            tracing::debug!(container = %c.id, error = %e, "following a container log ended");
+            tracing::warn!(container = %c.id, error = %e, "following a container log ended");
         }
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -141,7 +141,7 @@ async fn run(
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) -> std::io::Result<()> {
     let path = std::path::PathBuf::from(&c.log_path);
-    let mut file = std::fs::File::open(&path)?;
+    let mut file = open(&path).await?;
     let mut ino = file.metadata()?.ino();
     let mut joiner = Joiner::default();
     let mut pending = Vec::new();
@@ -198,7 +198,7 @@ async fn run(
         if let Ok(m) = std::fs::metadata(&path)
             && m.ino() != ino
         {
-            file = std::fs::File::open(&path)?;
+            file = open(&path).await?;
             ino = file.metadata()?.ino();
             file.seek(SeekFrom::Start(0))?;
             continue;
@@ -220,9 +220,12 @@ async fn run(
                     .into_inner()
                     .status
                     .is_some_and(|s| s.state == pb::ContainerState::ContainerRunning as i32),
-                Err(_) => false,
+                Err(e) if e.code() == tonic::Code::NotFound => false,
+                // A passing runtime error ends nothing: ask again next second.
+                Err(_) => true,
             };
             if !running {
+                tracing::debug!(container = %c.id, "the container stopped: the followed log ends");
                 // What it wrote last, then the end.
                 let mut rest = Vec::new();
                 file.read_to_end(&mut rest)?;
@@ -240,6 +243,21 @@ async fn run(
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Opens the log, waiting a moment when it is missing: between the rename of a rotation and
+/// the runtime's reopen there is no file at the path.
+async fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut tries = 0;
+    loop {
+        match std::fs::File::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r,
+        }
     }
 }
 

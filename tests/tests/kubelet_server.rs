@@ -533,24 +533,25 @@ fn https_server_stats_metrics_exec_and_logs() {
             "more than containerLogMaxFiles: {files:?}"
         );
     }
-    // The runtime writes to the new file, and /containerLogs reads it.
-    let (code, body) = kl
-        .get(&format!(
-            "/containerLogs/default/{pod_name}/main?tailLines=1"
-        ))
-        .expect("logs");
-    assert_eq!(code, 200, "{body}");
-    assert!(body.starts_with("line "), "{body}");
-
-    // sinceTime / sinceSeconds filter by the CRI timestamps; both at once is refused.
+    // The runtime writes to the new file, and /containerLogs reads it (right after a rotation
+    // the new file may still be empty: the container writes every second).
     let logs = format!("/containerLogs/default/{pod_name}/main");
+    let lines_in = |query: &str| {
+        let (code, body) = kl.get(&format!("{logs}{query}")).expect("logs");
+        assert_eq!(code, 200, "{body}");
+        body.starts_with("line ").then_some(body)
+    };
+    let body = wait_for("a line via tailLines=1", kl, || lines_in("?tailLines=1"));
+    assert_eq!(body.lines().count(), 1, "{body}");
+    // sinceTime / sinceSeconds filter by the CRI timestamps; both at once is refused.
     assert_eq!(
         kl.get(&format!("{logs}?sinceTime=2100-01-01T00:00:00Z"))
             .expect("logs"),
         (200, String::new())
     );
-    let (code, body) = kl.get(&format!("{logs}?sinceSeconds=3600")).expect("logs");
-    assert!(code == 200 && body.starts_with("line "), "{code} {body}");
+    wait_for("lines via sinceSeconds", kl, || {
+        lines_in("?sinceSeconds=3600")
+    });
     assert_eq!(
         kl.get(&format!(
             "{logs}?sinceSeconds=5&sinceTime=2024-01-01T00:00:00Z"
@@ -564,7 +565,7 @@ fn https_server_stats_metrics_exec_and_logs() {
     let mut tls = kl.tls_connect().expect("tls");
     write!(
         tls,
-        "GET {logs}?follow=true&tailLines=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        "GET {logs}?follow=true&tailLines=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .expect("write");
     let mut raw = Vec::new();
@@ -583,11 +584,18 @@ fn https_server_stats_metrics_exec_and_logs() {
             "follow: {}",
             String::from_utf8_lossy(&raw)
         );
-        let n = tls.read(&mut buf).expect("read the followed log");
+        let n = tls.read(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "reading the followed log: {e}: {}\n{}",
+                String::from_utf8_lossy(&raw),
+                tail(&kl.log(), 40)
+            )
+        });
         assert!(
             n > 0,
-            "follow ended early: {}",
-            String::from_utf8_lossy(&raw)
+            "follow ended early: {}\n{}",
+            String::from_utf8_lossy(&raw),
+            tail(&kl.log(), 40)
         );
         raw.extend_from_slice(&buf[..n]);
     }
@@ -609,6 +617,41 @@ fn https_server_stats_metrics_exec_and_logs() {
     wait_for("the log link to go", kl, || {
         (!link.exists() && std::fs::symlink_metadata(&link).is_err()).then_some(())
     });
+
+    // A restart reuses the generated pair; with tlsCertFile/tlsPrivateKeyFile the kubelet
+    // serves those files and generates nothing.
+    let mut e = e;
+    e.kl.restart().expect("restart");
+    assert_eq!(
+        e.kl.peer_certificate().expect("peer certificate"),
+        first_pem_der(&pem),
+        "the generated certificate is kept"
+    );
+    let pki = e.kl.dir.path().join("pki");
+    let own = e.kl.dir.path().join("own");
+    std::fs::create_dir_all(&own).expect("mkdir");
+    std::fs::rename(pki.join("kubelet.crt"), own.join("serving.crt")).expect("mv crt");
+    std::fs::rename(pki.join("kubelet.key"), own.join("serving.key")).expect("mv key");
+    let mut cfg = std::fs::read_to_string(e.kl.config_path()).expect("config");
+    cfg.push_str(&format!(
+        "tlsCertFile: {}\ntlsPrivateKeyFile: {}\n",
+        own.join("serving.crt").display(),
+        own.join("serving.key").display()
+    ));
+    std::fs::write(e.kl.config_path(), cfg).expect("config");
+    e.kl.restart().expect("restart with tlsCertFile");
+    assert_eq!(
+        e.kl.peer_certificate().expect("peer certificate"),
+        first_pem_der(&pem)
+    );
+    assert!(
+        !pki.join("kubelet.crt").exists(),
+        "nothing generated when tlsCertFile is set"
+    );
+    assert_eq!(
+        get_json(&e.kl, "/configz")["kubeletconfig"]["tlsCertFile"],
+        own.join("serving.crt").display().to_string()
+    );
 }
 
 /// Settings the standalone server cannot honour are refused at start with a clear reason.
