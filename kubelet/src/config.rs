@@ -390,7 +390,7 @@ impl Config {
         let container_log_max_bytes = crate::quantity::bytes(&container_log_max_size)
             .map_err(|e| ConfigError::Value(format!("containerLogMaxSize: {e}")))?;
         let container_log_max_files = file.container_log_max_files.unwrap_or(5);
-        // Upstream's validation: at least 2 files; a size of 0 turns rotation off.
+        // Upstream's validation: at least 2 files. (keelson: a size of 0 turns rotation off.)
         if container_log_max_files < 2 {
             return Err(ConfigError::Value(format!(
                 "containerLogMaxFiles: {container_log_max_files} must be greater than 1"
