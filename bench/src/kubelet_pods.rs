@@ -180,6 +180,7 @@ fn run(args: Args) -> Result<ExitCode> {
         daemon.socket(),
         &daemon.cgroup_parent,
         daemon.mount_ns_pid(),
+        "",
     )
     .context("start the kubelet")?;
     let pid = kl.pid().context("kubelet pid")?;

@@ -331,7 +331,10 @@ spec:
             admit(&aff, &[], "n1", CAP).is_ok(),
             "the second term matches"
         );
-        assert!(admit(&aff, &[], "n3", CAP).is_ok(), "the first term matches");
+        assert!(
+            admit(&aff, &[], "n3", CAP).is_ok(),
+            "the first term matches"
+        );
         assert!(admit(&aff, &[], "n2", CAP).is_err());
         let web =
             pod("spec: {containers: [{name: a, ports: [{containerPort: 80, hostPort: 8080}]}]}");

@@ -53,6 +53,20 @@ pub struct Flags {
     pub verbosity: u8,
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// The serving certificate (PEM); overrides tlsCertFile.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM); overrides tlsPrivateKeyFile.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Where the self-signed serving certificate (kubelet.crt, kubelet.key) is kept when no
+    /// certificate is given.
+    #[arg(long, default_value = "/var/lib/kubelet/pki")]
+    pub cert_dir: PathBuf,
+    /// keelson only: the directory of the `<pod>_<ns>_<container>-<id>.log` links upstream
+    /// keeps in the fixed /var/log/containers (tests point it into a temp dir).
+    #[arg(long, default_value = "/var/log/containers")]
+    pub container_log_links_dir: PathBuf,
 }
 
 /// The file, as far as keelson reads it. Unknown keys are checked in [`KNOWN_UNUSED`].
@@ -85,6 +99,11 @@ struct FileConfig {
     serialize_image_pulls: Option<bool>,
     max_parallel_image_pulls: Option<i64>,
     eviction_hard: Option<BTreeMap<String, String>>,
+    tls_cert_file: Option<PathBuf>,
+    tls_private_key_file: Option<PathBuf>,
+    authentication: Option<serde_json::Value>,
+    authorization: Option<serde_json::Value>,
+    container_log_monitor_interval: Option<String>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
 }
@@ -94,14 +113,10 @@ const KNOWN_UNUSED: &[&str] = &[
     "enableServer",
     "staticPodURL",
     "staticPodURLHeader",
-    "tlsCertFile",
-    "tlsPrivateKeyFile",
     "tlsCipherSuites",
     "tlsMinVersion",
     "rotateCertificates",
     "serverTLSBootstrap",
-    "authentication",
-    "authorization",
     "registryPullQPS",
     "registryBurst",
     "eventRecordQPS",
@@ -154,7 +169,6 @@ const KNOWN_UNUSED: &[&str] = &[
     "failSwapOn",
     "memorySwap",
     "containerLogMaxWorkers",
-    "containerLogMonitorInterval",
     "configMapAndSecretChangeDetectionStrategy",
     "systemReserved",
     "kubeReserved",
@@ -218,6 +232,17 @@ pub struct Config {
     pub serialize_image_pulls: bool,
     pub max_parallel_image_pulls: Option<i64>,
     pub eviction_hard: BTreeMap<String, String>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub cert_dir: PathBuf,
+    pub container_log_links_dir: PathBuf,
+    /// containerLogMaxSize in bytes.
+    pub container_log_max_bytes: u64,
+    pub container_log_monitor_interval: Duration,
+    /// authentication.anonymous.enabled.
+    pub anonymous_auth: bool,
+    /// authorization.mode (AlwaysAllow: the only mode a kubelet without an apiserver has).
+    pub authorization_mode: String,
     /// Messages for the log once logging is up (unused fields, ignored flags).
     pub warnings: Vec<String>,
 }
@@ -358,6 +383,47 @@ impl Config {
             )));
         }
         let cluster_domain = file.cluster_domain.clone().unwrap_or_default();
+        let container_log_max_size = file
+            .container_log_max_size
+            .clone()
+            .unwrap_or_else(|| "10Mi".into());
+        let container_log_max_bytes = crate::quantity::bytes(&container_log_max_size)
+            .map_err(|e| ConfigError::Value(format!("containerLogMaxSize: {e}")))?;
+        let container_log_max_files = file.container_log_max_files.unwrap_or(5);
+        // Upstream's validation: at least 2 files. (keelson: a size of 0 turns rotation off.)
+        if container_log_max_files < 2 {
+            return Err(ConfigError::Value(format!(
+                "containerLogMaxFiles: {container_log_max_files} must be greater than 1"
+            )));
+        }
+        if container_log_max_bytes < 0 {
+            return Err(ConfigError::Value(format!(
+                "containerLogMaxSize: {container_log_max_size:?} must not be negative"
+            )));
+        }
+        let container_log_monitor_interval = dur(
+            "containerLogMonitorInterval",
+            &file.container_log_monitor_interval,
+            Duration::from_secs(10),
+        )?;
+        if container_log_monitor_interval < Duration::from_secs(3) {
+            return Err(ConfigError::Value(
+                "containerLogMonitorInterval must be at least 3s".into(),
+            ));
+        }
+        let (anonymous_auth, authorization_mode) =
+            crate::auth::from_config(file.authentication.as_ref(), file.authorization.as_ref())
+                .map_err(ConfigError::Value)?;
+        let tls_cert_file = flags.tls_cert_file.clone().or(file.tls_cert_file.clone());
+        let tls_private_key_file = flags
+            .tls_private_key_file
+            .clone()
+            .or(file.tls_private_key_file.clone());
+        if tls_cert_file.is_some() != tls_private_key_file.is_some() {
+            return Err(ConfigError::Value(
+                "tlsCertFile and tlsPrivateKeyFile must be given together".into(),
+            ));
+        }
         Ok(Config {
             root_dir: flags.root_dir.clone(),
             node_name,
@@ -391,11 +457,16 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf")),
             cluster_dns: file.cluster_dns.clone().unwrap_or_default(),
             cluster_domain,
-            container_log_max_size: file
-                .container_log_max_size
-                .clone()
-                .unwrap_or_else(|| "10Mi".into()),
-            container_log_max_files: file.container_log_max_files.unwrap_or(5),
+            container_log_max_size,
+            container_log_max_files,
+            container_log_max_bytes: container_log_max_bytes as u64,
+            container_log_monitor_interval,
+            tls_cert_file,
+            tls_private_key_file,
+            cert_dir: flags.cert_dir.clone(),
+            container_log_links_dir: flags.container_log_links_dir.clone(),
+            anonymous_auth,
+            authorization_mode,
             serialize_image_pulls: file.serialize_image_pulls.unwrap_or(true),
             max_parallel_image_pulls: file.max_parallel_image_pulls,
             eviction_hard: file.eviction_hard.clone().unwrap_or_else(|| {
@@ -506,7 +577,10 @@ mod tests {
         assert_eq!(c.port, 0);
         assert_eq!(c.max_pods, 110);
         assert_eq!(c.image_endpoint, "unix:///run/x.sock");
-        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(c.anonymous_auth);
+        assert_eq!(c.authorization_mode, "AlwaysAllow");
+        assert_eq!(c.container_log_max_bytes, 10 * 1024 * 1024);
     }
 
     #[test]
@@ -518,6 +592,11 @@ mod tests {
             ("syncFrequency: 10x\n", "syncFrequency"),
             ("port: 70000\n", "port"),
             ("maxPods: -1\n", "maxPods"),
+            ("authorization: {mode: Webhook}\n", "apiserver"),
+            ("authentication: {webhook: {enabled: true}}\n", "apiserver"),
+            ("containerLogMaxFiles: 1\n", "containerLogMaxFiles"),
+            ("containerLogMaxSize: 1Zi\n", "containerLogMaxSize"),
+            ("tlsCertFile: /x.crt\n", "together"),
         ] {
             let e = load_yaml(&format!("{head}{body}")).expect_err(body);
             assert!(e.to_string().contains(want), "{body}: {e}");

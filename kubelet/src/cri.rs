@@ -1,6 +1,7 @@
 //! The CRI client: the only way the kubelet reaches the runtime. Gathers what runs for a pod
 //! from the labels the kubelet put on its sandboxes and containers.
 
+use crate::metrics::Instrumented;
 use keelson_proto::runtime::v1 as pb;
 use pb::image_service_client::ImageServiceClient;
 use pb::runtime_service_client::RuntimeServiceClient;
@@ -21,10 +22,13 @@ pub const ANN_CONTAINER_PORTS: &str = "io.kubernetes.container.ports";
 /// Which list of the spec a container is from (keelson's own label, "init" or "app").
 pub const LABEL_CONTAINER_TYPE: &str = "io.kubernetes.container.type";
 
+/// The runtime client every part of the kubelet uses (its calls are counted for /metrics).
+pub type RuntimeClient = RuntimeServiceClient<Instrumented>;
+
 #[derive(Clone)]
 pub struct Cri {
-    pub runtime: RuntimeServiceClient<Channel>,
-    pub images: ImageServiceClient<Channel>,
+    pub runtime: RuntimeServiceClient<Instrumented>,
+    pub images: ImageServiceClient<Instrumented>,
 }
 
 /// The runtime connection, lazily (re)connected: a runtime that is down at start or restarts
@@ -43,8 +47,8 @@ pub fn connect(runtime_endpoint: &str, image_endpoint: &str) -> anyhow::Result<C
         ch(image_endpoint)?
     };
     Ok(Cri {
-        runtime: RuntimeServiceClient::new(rt),
-        images: ImageServiceClient::new(img),
+        runtime: RuntimeServiceClient::new(Instrumented { inner: rt }),
+        images: ImageServiceClient::new(Instrumented { inner: img }),
     })
 }
 

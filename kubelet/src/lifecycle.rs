@@ -8,9 +8,7 @@ use crate::cri::{self, PodRuntime};
 use crate::prober::{self, Outcome, Target};
 use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod};
 use keelson_proto::runtime::v1 as pb;
-use pb::runtime_service_client::RuntimeServiceClient;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// Upstream's `minimumGracePeriodInSeconds`.
 const MIN_GRACE: i64 = 2;
@@ -107,7 +105,7 @@ pub async fn post_start(c: &Container, t: &Target) -> Result<(), String> {
 /// period, its time taken from it), then StopContainer with the rest, at least 2 s (also for
 /// a grace period of 0, like upstream without a deletion override).
 pub async fn kill_container(
-    runtime: &RuntimeServiceClient<Channel>,
+    runtime: &crate::cri::RuntimeClient,
     spec_c: Option<&Container>,
     container_id: &str,
     name: &str,
@@ -148,7 +146,7 @@ pub async fn kill_container(
 /// init) containers at once, then the sidecars one by one in reverse spec order, each with
 /// what is left of the grace period (at least 2 s).
 pub async fn kill_pod(
-    runtime: &RuntimeServiceClient<Channel>,
+    runtime: &crate::cri::RuntimeClient,
     pod: &Pod,
     rt: &PodRuntime,
     pod_ip: &str,

@@ -2,23 +2,33 @@
 //! whole lifecycle on any CRI runtime, and serves the kubelet API.
 
 mod admission;
+mod auth;
+mod cgroupstats;
 mod config;
+mod configz;
 mod cri;
 mod defaults;
 mod events;
 mod hosts;
 mod lifecycle;
+mod logs;
+mod logstream;
 mod manager;
+mod metrics;
 mod podconfig;
 mod prober;
 mod probes;
 mod quantity;
 mod server;
 mod source;
+mod stats;
 mod status;
+mod streaming;
 mod termination;
+mod tls;
 mod validate;
 mod volumes;
+mod watch;
 mod worker;
 
 use anyhow::{Context, Result};
@@ -195,7 +205,14 @@ async fn run(cfg: config::Config) -> Result<()> {
     } else {
         None
     };
-    let main = bind(&cfg.address, cfg.port, "kubelet server (plain HTTP)").await?;
+    let serving = tls::serving(&cfg).context("the kubelet server's TLS certificate")?;
+    tracing::info!(
+        cert = %serving.cert_file.display(),
+        generated = serving.generated,
+        authorization = %cfg.authorization_mode,
+        "kubelet server certificate"
+    );
+    let main = bind(&cfg.address, cfg.port, "kubelet server (HTTPS)").await?;
     let read_only = if cfg.read_only_port > 0 {
         Some(bind(&cfg.address, cfg.read_only_port, "read-only kubelet server").await?)
     } else {
@@ -210,12 +227,19 @@ async fn run(cfg: config::Config) -> Result<()> {
         cfg: cfg.clone(),
     });
     if let Some(l) = healthz {
-        tokio::spawn(server::serve(sh.clone(), l, false));
+        tokio::spawn(server::serve(sh.clone(), l, server::Mode::Healthz, None));
     }
-    tokio::spawn(server::serve(sh.clone(), main, true));
+    tokio::spawn(server::serve(
+        sh.clone(),
+        main,
+        server::Mode::Main,
+        Some(serving.acceptor),
+    ));
     if let Some(l) = read_only {
-        tokio::spawn(server::serve(sh.clone(), l, true));
+        tokio::spawn(server::serve(sh.clone(), l, server::Mode::ReadOnly, None));
     }
+    tokio::spawn(logs::manager(sh.clone()));
+    tokio::spawn(stats::sampler(sh.clone()));
     let (src_tx, src_rx) = tokio::sync::mpsc::channel(4);
     let (pleg_tx, pleg_rx) = tokio::sync::mpsc::channel(64);
     match cfg.static_pod_path.clone() {

@@ -271,6 +271,7 @@ pub async fn file_source(
 ) {
     let mut last: Option<Vec<(String, PathBuf, String)>> = None;
     let mut logged: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut watch = crate::watch::DirWatch::new(&dir);
     loop {
         let d = dir.clone();
         let n = node_name.clone();
@@ -278,7 +279,7 @@ pub async fn file_source(
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "scanning the static pod directory");
-                tokio::time::sleep(every).await;
+                watch.wait(every).await;
                 continue;
             }
         };
@@ -305,7 +306,8 @@ pub async fn file_source(
                 return;
             }
         }
-        tokio::time::sleep(every).await;
+        watch.retry(&dir);
+        watch.wait(every).await;
     }
 }
 
@@ -321,8 +323,13 @@ pub async fn pleg(
     let mut cri = sh.cri.clone();
     let mut last: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut first = true;
+    let mut last_start: Option<Instant> = None;
     loop {
-        match cri.relist().await {
+        let start = Instant::now();
+        let res = cri.relist().await;
+        crate::metrics::pleg_relist(start.elapsed(), last_start.map(|l| start - l));
+        last_start = Some(start);
+        match res {
             Ok(now) => {
                 *sh.last_relist.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                 let mut changed: HashSet<String> = HashSet::new();

@@ -7,10 +7,8 @@ use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{Container, HTTPHeader};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use keelson_proto::runtime::v1 as pb;
-use pb::runtime_service_client::RuntimeServiceClient;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::transport::Channel;
 
 /// Upstream's `kube-probe/<major>.<minor>` User-Agent: the API version this kubelet speaks.
 pub const USER_AGENT: &str = "kube-probe/1.35";
@@ -29,7 +27,7 @@ pub enum Outcome {
 /// Where a probe or hook runs.
 #[derive(Clone)]
 pub struct Target {
-    pub runtime: RuntimeServiceClient<Channel>,
+    pub runtime: crate::cri::RuntimeClient,
     pub container_id: String,
     /// The pod's IP: the default host of httpGet, tcpSocket and grpc.
     pub pod_ip: String,

@@ -10,13 +10,11 @@ use crate::now_ns;
 use crate::prober::{self, Outcome, Target};
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 use keelson_proto::runtime::v1 as pb;
-use pb::runtime_service_client::RuntimeServiceClient;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -137,7 +135,7 @@ impl PodProbes {
         pod: &Pod,
         rt: &PodRuntime,
         sandbox_id: Option<&str>,
-        runtime: &RuntimeServiceClient<Channel>,
+        runtime: &crate::cri::RuntimeClient,
         pod_ip: &str,
     ) {
         let spec = crate::podconfig::spec(pod);
@@ -202,7 +200,7 @@ impl PodProbes {
 /// or the pod's; true when one was killed.
 pub async fn kill_failed(
     kills: Vec<Kill>,
-    runtime: &RuntimeServiceClient<Channel>,
+    runtime: &crate::cri::RuntimeClient,
     pod: &Pod,
     rt: &PodRuntime,
     pod_ip: &str,

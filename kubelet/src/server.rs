@@ -1,7 +1,13 @@
-//! The kubelet server (plain HTTP for now; TLS and authn/authz come with the apiserver
-//! issue) and the healthz server: `/healthz`, `/pods`, `/containerLogs/{ns}/{pod}/{container}`.
+//! The kubelet servers: the main one on `port` (HTTPS, see [`crate::tls`]; anonymous requests
+//! with AlwaysAllow, see [`crate::auth`]), the read-only one on `readOnlyPort` (plain HTTP) and
+//! the healthz one (plain HTTP).
+//!
+//! Main: `/healthz`, `/pods`, `/stats/summary`, `/metrics`, `/metrics/resource`, and the
+//! debugging handlers `/containerLogs/{ns}/{pod}/{container}`, `/configz`, `/exec`, `/attach`,
+//! `/portForward`, `/run`. Read-only: the same without the debugging handlers (as upstream).
 
 use crate::Shared;
+use crate::streaming;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -38,8 +44,24 @@ fn json(body: &serde_json::Value) -> Resp {
     r
 }
 
-/// Serves `listener` until the process ends; `full` adds the API beyond /healthz.
-pub async fn serve(sh: Arc<Shared>, listener: TcpListener, full: bool) {
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mode {
+    /// /healthz only.
+    Healthz,
+    /// The read-only API (no debugging handlers).
+    ReadOnly,
+    /// Everything.
+    Main,
+}
+
+/// Serves `listener` until the process ends, over TLS when `tls` is given.
+pub async fn serve(
+    sh: Arc<Shared>,
+    listener: TcpListener,
+    mode: Mode,
+    tls: Option<tokio_native_tls::TlsAcceptor>,
+) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -50,18 +72,38 @@ pub async fn serve(sh: Arc<Shared>, listener: TcpListener, full: bool) {
             }
         };
         let sh = sh.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let sh = sh.clone();
-                async move { Ok::<_, Infallible>(handle(sh, req, full).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection");
+            match tls {
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(s)) => serve_conn(sh, s, mode).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+                None => serve_conn(sh, stream, mode).await,
             }
         });
+    }
+}
+
+async fn serve_conn<I>(sh: Arc<Shared>, io: I, mode: Mode)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let sh = sh.clone();
+        async move { Ok::<_, Infallible>(handle(sh, req, mode).await) }
+    });
+    if let Err(e) = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades()
+        .await
+    {
+        tracing::debug!(error = %e, "connection");
     }
 }
 
@@ -97,16 +139,90 @@ fn healthz(sh: &Shared) -> Resp {
     text(StatusCode::OK, "ok")
 }
 
-async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+/// `follow=true` logs stream; everything else is one buffer.
+async fn handle(
+    sh: Arc<Shared>,
+    req: Request<Incoming>,
+    mode: Mode,
+) -> Response<crate::logstream::Body> {
+    use http_body_util::BodyExt;
+    let q = query(&req);
+    if mode == Mode::Main
+        && req.method() == Method::GET
+        && q.get("follow").is_some_and(|v| v == "true" || v == "1")
+        && let Some(rest) = req.uri().path().strip_prefix("/containerLogs/")
+    {
+        let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        if parts.len() == 3 {
+            let opts = match crate::logstream::Opts::parse(&q) {
+                Ok(o) => o,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e).map(|b| b.boxed_unsync()),
+            };
+            return match resolve_container(&sh, parts[0], parts[1], parts[2], &q).await {
+                Ok(c) => crate::logstream::follow(sh.clone(), c, opts),
+                Err(r) => r.map(|b| b.boxed_unsync()),
+            };
+        }
+    }
+    handle_full(sh, req, mode).await.map(|b| b.boxed_unsync())
+}
+
+async fn handle_full(sh: Arc<Shared>, req: Request<Incoming>, mode: Mode) -> Resp {
+    let path = req.uri().path().to_string();
+    let streaming = [
+        ("/exec/", streaming::Kind::Exec),
+        ("/attach/", streaming::Kind::Attach),
+        ("/portForward/", streaming::Kind::PortForward),
+        ("/run/", streaming::Kind::Run),
+    ]
+    .into_iter()
+    .find_map(|(p, k)| path.strip_prefix(p).map(|rest| (k, rest.to_string())));
+    let allowed = match &streaming {
+        Some((streaming::Kind::Run, _)) => req.method() == Method::POST,
+        Some(_) => req.method() == Method::GET || req.method() == Method::POST,
+        None => req.method() == Method::GET || req.method() == Method::HEAD,
+    };
+    if !allowed {
         return text(StatusCode::METHOD_NOT_ALLOWED, "405: Method Not Allowed");
     }
-    let path = req.uri().path().to_string();
     if path == "/healthz" || path == "/healthz/" {
         return healthz(&sh);
     }
-    if !full {
+    if mode == Mode::Healthz {
         return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    }
+    match path.as_str() {
+        "/stats/summary" | "/stats/summary/" => {
+            let only = query(&req)
+                .get("only_cpu_and_memory")
+                .is_some_and(|v| v == "true" || v == "1");
+            return match crate::stats::summary(&sh, only).await {
+                Ok(v) => json(&v),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to get summary stats: {}", e.message()),
+                ),
+            };
+        }
+        "/metrics" => return metrics_text(render_metrics(&sh).await),
+        "/metrics/resource" => {
+            return match crate::stats::summary(&sh, true).await {
+                Ok(v) => metrics_text(crate::stats::resource_metrics(&v)),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("failed to get resource stats: {}", e.message()),
+                ),
+            };
+        }
+        _ => {}
+    }
+    // Upstream's debugging handlers: not on the read-only port.
+    let debug = mode == Mode::Main;
+    if debug && path == "/configz" {
+        return json(&crate::configz::configz(&sh.cfg));
+    }
+    if debug && let Some((kind, rest)) = streaming {
+        return streaming::handle(&sh, req, kind, &rest).await;
     }
     if path == "/pods" || path == "/pods/" {
         let items: Vec<serde_json::Value> = sh
@@ -130,7 +246,7 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
             "items": items,
         }));
     }
-    if let Some(rest) = path.strip_prefix("/containerLogs/") {
+    if debug && let Some(rest) = path.strip_prefix("/containerLogs/") {
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         if parts.len() != 3 {
             return text(
@@ -143,44 +259,69 @@ async fn handle(sh: Arc<Shared>, req: Request<Incoming>, full: bool) -> Resp {
     text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
-/// One CRI log line: `<RFC3339Nano> <stream> <P|F> <content>`.
-fn parse_cri_line(line: &str) -> Option<(&str, &str, bool, &str)> {
-    let mut it = line.splitn(4, ' ');
-    let ts = it.next()?;
-    let stream = it.next()?;
-    let tag = it.next()?;
-    let content = it.next().unwrap_or("");
-    Some((ts, stream, tag.starts_with('F'), content))
+fn metrics_text(body: String) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// /metrics: the recorded families plus the gauges counted from the runtime now.
+async fn render_metrics(sh: &Shared) -> String {
+    let mut cri = sh.cri.clone();
+    let mut running_pods = 0;
+    let mut containers: std::collections::BTreeMap<&'static str, u64> = Default::default();
+    if let Ok(r) = cri
+        .runtime
+        .list_pod_sandbox(keelson_proto::runtime::v1::ListPodSandboxRequest { filter: None })
+        .await
+    {
+        running_pods = r
+            .into_inner()
+            .items
+            .iter()
+            .filter(|s| s.state == keelson_proto::runtime::v1::PodSandboxState::SandboxReady as i32)
+            .count() as u64;
+    }
+    if let Ok(r) = cri
+        .runtime
+        .list_containers(keelson_proto::runtime::v1::ListContainersRequest { filter: None })
+        .await
+    {
+        use keelson_proto::runtime::v1::ContainerState as S;
+        for c in r.into_inner().containers {
+            let state = match S::try_from(c.state) {
+                Ok(S::ContainerCreated) => "created",
+                Ok(S::ContainerRunning) => "running",
+                Ok(S::ContainerExited) => "exited",
+                _ => "unknown",
+            };
+            *containers.entry(state).or_default() += 1;
+        }
+    }
+    crate::metrics::render(&crate::metrics::Gauges {
+        node_name: sh.cfg.node_name.clone(),
+        running_pods,
+        containers,
+    })
 }
 
 /// The lines of a CRI log (partial lines joined), each with the time of its first part.
 pub fn read_cri_log(data: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut partial: HashMap<String, (String, String)> = HashMap::new();
-    for line in data.lines() {
-        let Some((ts, stream, full, content)) = parse_cri_line(line) else {
-            continue;
-        };
-        let entry = partial
-            .entry(stream.to_string())
-            .or_insert_with(|| (ts.to_string(), String::new()));
-        entry.1.push_str(content);
-        if full {
-            if let Some((t, c)) = partial.remove(stream) {
-                out.push((t, c));
-            }
-        }
-    }
-    out
+    let mut j = crate::logstream::Joiner::default();
+    data.lines().filter_map(|l| j.feed(l)).collect()
 }
 
-async fn container_logs(
+/// The container instance a log request is about (the current one, or the previous one).
+async fn resolve_container(
     sh: &Shared,
     ns: &str,
     pod: &str,
     container: &str,
     q: &HashMap<String, String>,
-) -> Resp {
+) -> Result<crate::cri::Container, Resp> {
     let uid = sh
         .pods
         .read()
@@ -191,15 +332,20 @@ async fn container_logs(
         })
         .and_then(|p| p.metadata.uid.clone());
     let Some(uid) = uid else {
-        return text(
+        return Err(text(
             StatusCode::NOT_FOUND,
             format!("pod \"{pod}\" in namespace \"{ns}\" not found"),
-        );
+        ));
     };
     let mut cri = sh.cri.clone();
     let rt = match cri.pod(&uid).await {
         Ok(rt) => rt,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.message().to_string()),
+        Err(e) => {
+            return Err(text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.message().to_string(),
+            ));
+        }
     };
     let previous = q.get("previous").is_some_and(|v| v == "true" || v == "1");
     let mut inst = rt.instances(container);
@@ -212,7 +358,25 @@ async fn container_logs(
                 "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
             )
         };
-        return text(StatusCode::BAD_REQUEST, msg);
+        return Err(text(StatusCode::BAD_REQUEST, msg));
+    };
+    Ok(c.clone())
+}
+
+async fn container_logs(
+    sh: &Shared,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &HashMap<String, String>,
+) -> Resp {
+    let opts = match crate::logstream::Opts::parse(q) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let c = match resolve_container(sh, ns, pod, container, q).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let data = match tokio::fs::read(&c.log_path).await {
         Ok(d) => String::from_utf8_lossy(&d).into_owned(),
@@ -224,21 +388,16 @@ async fn container_logs(
         }
     };
     let mut lines = read_cri_log(&data);
-    if let Some(n) = q.get("tailLines").and_then(|v| v.parse::<usize>().ok()) {
+    lines.retain(|(ts, _)| opts.keep(ts));
+    if let Some(n) = opts.tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
     }
-    let timestamps = q.get("timestamps").is_some_and(|v| v == "true" || v == "1");
     let mut body = String::new();
     for (ts, l) in lines {
-        if timestamps {
-            body.push_str(&ts);
-            body.push(' ');
-        }
-        body.push_str(&l);
-        body.push('\n');
+        opts.format(&ts, &l, &mut body);
     }
-    if let Some(n) = q.get("limitBytes").and_then(|v| v.parse::<usize>().ok())
+    if let Some(n) = opts.limit
         && body.len() > n
     {
         let mut cut = n;

@@ -97,11 +97,16 @@ pub async fn run(
         probes: Default::default(),
     };
     let mut terminate = false;
+    // operation_type of kubelet_pod_worker_duration_seconds.
+    let mut op = "create";
     loop {
         // What came in while the last sync ran (an orphan's worker starts with Terminate).
         while let Ok(m) = rx.try_recv() {
             match m {
-                Msg::Update(p) => w.pod = *p,
+                Msg::Update(p) => {
+                    w.pod = *p;
+                    op = "update";
+                }
                 Msg::Wake => {}
                 Msg::Terminate => terminate = true,
             }
@@ -110,7 +115,11 @@ pub async fn run(
             break;
         }
         w.wake_at = None;
-        if let Err(e) = w.sync().await {
+        let started = Instant::now();
+        let r = w.sync().await;
+        crate::metrics::pod_worker(op, started.elapsed());
+        op = "sync";
+        if let Err(e) = r {
             tracing::warn!(error = %e, "sync failed; retrying");
             w.wake_at = Some(Instant::now() + Duration::from_secs(2));
         }
@@ -122,7 +131,10 @@ pub async fn run(
             _ = w.probes.changed() => None,
         };
         match first {
-            Some(Msg::Update(p)) => w.pod = *p,
+            Some(Msg::Update(p)) => {
+                w.pod = *p;
+                op = "update";
+            }
             Some(Msg::Terminate) => terminate = true,
             Some(Msg::Wake) | None => {}
         }
@@ -184,6 +196,7 @@ impl Worker {
         };
         let st = status::compute(&self.pod, rt, &ctx);
         let phase = st.phase.clone().unwrap_or_default();
+        crate::metrics::pod_status_changed(&self.pod, entry.status.as_ref(), &st);
         entry.status = Some(st);
         phase
     }
@@ -658,6 +671,7 @@ impl Worker {
             }
         }
         let log_dir = std::path::Path::new(&sandbox_cfg.log_directory).join(&c.name);
+        let log_path = std::path::Path::new(&sandbox_cfg.log_directory).join(&config.log_path);
         let _ = std::fs::create_dir_all(&log_dir);
         let id = match self
             .cri
@@ -683,14 +697,15 @@ impl Worker {
                 return Ok(());
             }
         };
-        if let Err(e) = self
+        let started = self
             .cri
             .runtime
             .start_container(pb::StartContainerRequest {
                 container_id: id.clone(),
             })
-            .await
-        {
+            .await;
+        crate::metrics::container_started(kind, started.as_ref().err().map(|e| e.code()));
+        if let Err(e) = started {
             tracing::warn!(container = %c.name, error = %e.message(), "RunContainerError");
             self.reasons.insert(
                 c.name.clone(),
@@ -703,6 +718,17 @@ impl Worker {
             return Ok(());
         }
         tracing::info!(container = %c.name, id = %id, restart_count, "container started");
+        let (ns, name, _) = meta(&self.pod);
+        if let Err(e) = crate::logs::link(
+            &self.sh.cfg.container_log_links_dir,
+            name,
+            ns,
+            &c.name,
+            &id,
+            &log_path,
+        ) {
+            tracing::warn!(container = %c.name, error = %e, "making the container log link");
+        }
         let target = crate::prober::Target {
             runtime: self.cri.runtime.clone(),
             container_id: id.clone(),

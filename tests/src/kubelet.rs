@@ -7,8 +7,12 @@
 //! host's on a node): the tmpfs and bind mounts it makes for pod volumes are seen by the runtime
 //! and never reach the machine's mount table.
 //!
-//! Drop kills the kubelet (kill -9) and unmounts whatever it left mounted below its temp dir;
-//! the pods it ran go with the Keelsond fixture's Drop.
+//! The kubelet server on `port` speaks HTTPS with the certificate the kubelet generates in
+//! `<dir>/pki` (the client here accepts it without verification); the healthz port is plain
+//! HTTP. The `/var/log/containers` links go to `<dir>/containers`.
+//!
+//! Drop kills the kubelet (kill -9), unmounts whatever it left mounted below its temp dir and
+//! removes the cgroup tree it named; the pods it ran go with the Keelsond fixture's Drop.
 
 use crate::cri::Keelsond;
 use crate::runtime::built_binary;
@@ -49,8 +53,19 @@ pub struct Kubelet {
 impl Kubelet {
     /// Starts a kubelet on `k`'s socket and waits until its server answers /healthz.
     pub fn start(k: &Keelsond) -> io::Result<Kubelet> {
+        Kubelet::start_with(k, "")
+    }
+
+    /// Like [`Kubelet::start`], with more KubeletConfiguration lines (YAML) appended.
+    pub fn start_with(k: &Keelsond, extra_config: &str) -> io::Result<Kubelet> {
         let cgroup_root = crate::unique::name("kt-kubelet", "pods");
-        let mut kl = Kubelet::start_on(&k.socket(), &cgroup_root, k.mount_ns_pid())?;
+        let mut kl = Kubelet::start_bin(
+            &kubelet_binary()?,
+            &k.socket(),
+            &cgroup_root,
+            k.mount_ns_pid(),
+            extra_config,
+        )?;
         kl.owned_cgroup_root = Some(cgroup_root);
         Ok(kl)
     }
@@ -60,15 +75,17 @@ impl Kubelet {
     /// volume mounts the kubelet makes are what the runtime sees), and waits until its server
     /// answers /healthz.
     pub fn start_on(socket: &Path, cgroup_root: &str, mount_ns_pid: u32) -> io::Result<Kubelet> {
-        Kubelet::start_bin(&kubelet_binary()?, socket, cgroup_root, mount_ns_pid)
+        Kubelet::start_bin(&kubelet_binary()?, socket, cgroup_root, mount_ns_pid, "")
     }
 
-    /// [`Kubelet::start_on`] with the kubelet binary `bin` (a bench's release build).
+    /// [`Kubelet::start_on`] with the kubelet binary `bin` (a bench's release build) and more
+    /// KubeletConfiguration lines.
     pub fn start_bin(
         bin: &Path,
         socket: &Path,
         cgroup_root: &str,
         mount_ns_pid: u32,
+        extra_config: &str,
     ) -> io::Result<Kubelet> {
         let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
         for sub in ["root", "pods-logs", "manifests"] {
@@ -84,10 +101,16 @@ impl Kubelet {
             mount_ns_pid,
             owned_cgroup_root: None,
         };
+        // 1s unless the caller sets its own.
+        let file_check = if extra_config.contains("fileCheckFrequency:") {
+            ""
+        } else {
+            "fileCheckFrequency: 1s\n"
+        };
         let config = format!(
             "kind: KubeletConfiguration\napiVersion: kubelet.config.k8s.io/v1beta1\n\
-             staticPodPath: {}\npodLogsDir: {}\nfileCheckFrequency: 1s\nsyncFrequency: 10s\n\
-             address: 127.0.0.1\nport: {}\nhealthzPort: {}\ncgroupRoot: {cgroup_root}\n",
+             staticPodPath: {}\npodLogsDir: {}\n{file_check}syncFrequency: 10s\n\
+             address: 127.0.0.1\nport: {}\nhealthzPort: {}\ncgroupRoot: {cgroup_root}\n{extra_config}",
             kl.manifests().display(),
             kl.pod_logs().display(),
             kl.port,
@@ -156,6 +179,11 @@ impl Kubelet {
         }
     }
 
+    /// The directory of the `/var/log/containers` links.
+    pub fn log_links(&self) -> PathBuf {
+        self.dir.path().join("containers")
+    }
+
     /// What the kubelet logged so far (all runs).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("kubelet.log")).unwrap_or_default()
@@ -182,6 +210,10 @@ impl Kubelet {
             .arg(NODE)
             .arg("--container-runtime-endpoint")
             .arg(&self.endpoint)
+            .arg("--cert-dir")
+            .arg(self.dir.path().join("pki"))
+            .arg("--container-log-links-dir")
+            .arg(self.log_links())
             .arg("--v")
             .arg("2")
             .stdin(Stdio::null())
@@ -247,37 +279,82 @@ impl Kubelet {
     pub fn get_on(port: u16, path: &str) -> io::Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| io::Error::other(format!("no HTTP header in {text:?}")))?;
-        let code = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_string()
-        };
-        Ok((code, body))
+        request_on(&mut s, "GET", path)
     }
 
-    /// GET on the kubelet server.
+    /// A TLS connection to the kubelet server, accepting its self-signed certificate.
+    pub fn tls_connect(&self) -> io::Result<native_tls::TlsStream<TcpStream>> {
+        let s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let c = native_tls::TlsConnector::builder()
+            .danger_accept_invalid_certs(true)
+            .danger_accept_invalid_hostnames(true)
+            .build()
+            .map_err(io::Error::other)?;
+        c.connect("127.0.0.1", s).map_err(io::Error::other)
+    }
+
+    /// The certificate chain the kubelet server presents (DER, leaf first as sent).
+    pub fn peer_certificate(&self) -> io::Result<Vec<u8>> {
+        let s = self.tls_connect()?;
+        s.peer_certificate()
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::other("no peer certificate"))?
+            .to_der()
+            .map_err(io::Error::other)
+    }
+
+    /// A request over HTTPS to the kubelet server: (status code, body).
+    pub fn request(&self, method: &str, path: &str) -> io::Result<(u16, String)> {
+        let mut s = self.tls_connect()?;
+        request_on(&mut s, method, path)
+    }
+
+    /// GET on the kubelet server (HTTPS).
     pub fn get(&self, path: &str) -> io::Result<(u16, String)> {
-        Kubelet::get_on(self.port, path)
+        self.request("GET", path)
     }
+}
 
+/// One HTTP/1.1 request with `Connection: close` on `s`: (status code, body).
+pub fn request_on<S: Read + Write>(
+    s: &mut S,
+    method: &str,
+    path: &str,
+) -> io::Result<(u16, String)> {
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    s.flush()?;
+    let mut raw = Vec::new();
+    match s.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // A TLS peer that closes without close_notify: what came is the answer.
+        Err(e) if !raw.is_empty() && e.kind() != io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::other(format!("no HTTP header in {text:?}")))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("bad status line in {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((code, body))
+}
+
+impl Kubelet {
     /// `/pods` as JSON.
     pub fn pods(&self) -> io::Result<Value> {
         let (code, body) = self.get("/pods")?;
