@@ -529,6 +529,83 @@ pub fn default_allowed_devices() -> Vec<DeviceRule> {
     ]
 }
 
+/// What a cgroup has used, as the CRI stats report it (containerd's cgroups metrics): v1 from
+/// the cpuacct/memory/pids hierarchies, v2 from the unified one. A counter the host does not
+/// expose is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Cumulative CPU time, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory charged to the cgroup (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub memory_bytes: Option<u64>,
+    /// Usage less the inactive file cache (the kubelet's working set).
+    pub working_set_bytes: Option<u64>,
+    /// Anonymous memory (v1 `total_rss`, v2 `anon`).
+    pub rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    /// The memory limit, `None` when unlimited.
+    pub memory_limit: Option<u64>,
+    /// Tasks in the cgroup (`pids.current`, else the processes in `cgroup.procs`).
+    pub pids: Option<u64>,
+}
+
+/// v1's "no limit" is the largest page-aligned i64; anything at or above 2^62 counts as none.
+const UNLIMITED: u64 = 1 << 62;
+
+impl Cgroups {
+    /// Reads the cgroup's usage counters (hierarchical: a pod's cgroup includes its
+    /// containers'). Missing files leave their fields empty.
+    pub fn usage(&self) -> Usage {
+        let read = |p: PathBuf| fs::read_to_string(p).ok();
+        let num = |p: PathBuf| read(p).and_then(|s| s.trim().parse::<u64>().ok());
+        let mut u = Usage::default();
+        for dir in &self.dirs {
+            if dir.v2 {
+                if !self.unified {
+                    continue;
+                }
+                if let Some(s) = read(dir.path.join("cpu.stat")) {
+                    u.cpu_ns = flat_key(&s, "usage_usec").map(|v| v.saturating_mul(1000));
+                }
+                u.memory_bytes = num(dir.path.join("memory.current"));
+                if let Some(s) = read(dir.path.join("memory.stat")) {
+                    let inactive = flat_key(&s, "inactive_file").unwrap_or(0);
+                    u.working_set_bytes = u.memory_bytes.map(|m| m.saturating_sub(inactive));
+                    u.rss_bytes = flat_key(&s, "anon");
+                    u.page_faults = flat_key(&s, "pgfault");
+                    u.major_page_faults = flat_key(&s, "pgmajfault");
+                }
+                u.memory_limit = num(dir.path.join("memory.max")).filter(|&l| l < UNLIMITED);
+                u.pids = num(dir.path.join("pids.current"));
+                continue;
+            }
+            if dir.has("cpuacct") {
+                u.cpu_ns = num(dir.path.join("cpuacct.usage"));
+            }
+            if dir.has("memory") {
+                u.memory_bytes = num(dir.path.join("memory.usage_in_bytes"));
+                if let Some(s) = read(dir.path.join("memory.stat")) {
+                    let inactive = flat_key(&s, "total_inactive_file").unwrap_or(0);
+                    u.working_set_bytes = u.memory_bytes.map(|m| m.saturating_sub(inactive));
+                    u.rss_bytes = flat_key(&s, "total_rss");
+                    u.page_faults = flat_key(&s, "total_pgfault");
+                    u.major_page_faults = flat_key(&s, "total_pgmajfault");
+                    u.memory_limit =
+                        flat_key(&s, "hierarchical_memory_limit").filter(|&l| l < UNLIMITED);
+                }
+            }
+            if dir.has("pids") {
+                u.pids = num(dir.path.join("pids.current"));
+            }
+        }
+        if u.pids.is_none() {
+            u.pids = self.pids().ok().map(|p| p.len() as u64);
+        }
+        u
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
