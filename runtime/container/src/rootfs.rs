@@ -252,6 +252,9 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         if !extra.is_empty() {
             remount_bind(&dest.path, extra)?;
         }
+        if opts.recursive_readonly {
+            crate::idmap::make_recursively_readonly(&dest.path)?;
+        }
         return apply_propagation(&dest.path, &opts);
     }
     let dest = prepare_dest(&cfg.rootfs, dest_name, false)?;
