@@ -170,6 +170,51 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs `keelsonctl exec -it <ctr> sh -c <script>` on a fresh pty of 33 rows and 101
+/// columns; returns what it wrote, its exit code, and whether the pty is in canonical mode
+/// again afterwards.
+fn exec_on_pty(ctl: &Ctl, ctr: &str, script: &str) -> (String, Option<i32>, bool) {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    use std::io::Read;
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let child = ctl
+        .command(&["exec", "-it", ctr, "sh", "-c", script])
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave.try_clone().expect("dup"))
+        .spawn()
+        .expect("keelsonctl");
+    let mut child = KillOnDrop(child);
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            other => panic!("keelsonctl exec -it did not end: {other:?}"),
+        }
+    };
+    let restored = tcgetattr(&slave)
+        .map(|t| t.local_flags.contains(LocalFlags::ICANON))
+        .unwrap_or(false);
+    drop(slave);
+    // Everything written is buffered in the pty; with no slave left, reading ends in EIO.
+    let mut master = std::fs::File::from(pty.master);
+    let mut buf = Vec::new();
+    let _ = master.read_to_end(&mut buf);
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        status.code(),
+        restored,
+    )
+}
+
 fn is_id(s: &str) -> bool {
     s.len() >= 12 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -639,6 +684,13 @@ fn pod_stats_and_interactive_streaming() {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(text(&o.stdout).trim(), "tty");
+
+    // On a terminal (a pty here): raw mode while it runs, the size sent to the remote tty,
+    // the terminal's mode given back afterwards, the remote exit code.
+    let (out, code, restored) = exec_on_pty(&ctl, &web, "stty size; exit 3");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("33 101"), "{out:?}");
+    assert!(restored, "the terminal was left in raw mode");
 
     // attach -i to `cat`: what goes in comes out; closing stdin ends cat (stdin_once).
     let o = ctl.run_stdin(&["attach", "-i", &cat], b"through attach\n");
