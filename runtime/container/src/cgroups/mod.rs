@@ -663,4 +663,86 @@ mod tests {
             Some(3)
         );
     }
+
+    fn dir(path: &Path, v2: bool, controllers: &[&str]) -> CgroupDir {
+        CgroupDir {
+            v2,
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            path: path.to_path_buf(),
+            mount_point: path.to_path_buf(),
+            cgroup: PathBuf::from("/"),
+            created: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn usage_from_v2_files() {
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path();
+        fs::write(p.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").expect("w");
+        fs::write(p.join("memory.current"), "10000\n").expect("w");
+        fs::write(
+            p.join("memory.stat"),
+            "anon 4096\ninactive_file 3000\npgfault 77\npgmajfault 2\n",
+        )
+        .expect("w");
+        fs::write(p.join("memory.max"), "max\n").expect("w");
+        fs::write(p.join("pids.current"), "3\n").expect("w");
+        let cg = Cgroups {
+            unified: true,
+            dirs: vec![dir(p, true, &[])],
+        };
+        let u = cg.usage();
+        assert_eq!(u.cpu_ns, Some(1_500_000));
+        assert_eq!(u.memory_bytes, Some(10000));
+        assert_eq!(u.working_set_bytes, Some(7000));
+        assert_eq!(u.rss_bytes, Some(4096));
+        assert_eq!((u.page_faults, u.major_page_faults), (Some(77), Some(2)));
+        assert_eq!(u.memory_limit, None);
+        assert_eq!(u.pids, Some(3));
+        fs::write(p.join("memory.max"), "65536\n").expect("w");
+        assert_eq!(cg.usage().memory_limit, Some(65536));
+    }
+
+    #[test]
+    fn usage_from_v1_files() {
+        let t = tempfile::tempdir().expect("tmp");
+        let (cpu, mem, pids, v2) = (
+            t.path().join("cpu"),
+            t.path().join("mem"),
+            t.path().join("pids"),
+            t.path().join("v2"),
+        );
+        for d in [&cpu, &mem, &pids, &v2] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        fs::write(cpu.join("cpuacct.usage"), "123456\n").expect("w");
+        fs::write(mem.join("memory.usage_in_bytes"), "8192\n").expect("w");
+        fs::write(
+            mem.join("memory.stat"),
+            "inactive_file 9\ntotal_inactive_file 192\ntotal_rss 4096\ntotal_pgfault 5\n\
+             total_pgmajfault 1\nhierarchical_memory_limit 9223372036854771712\n",
+        )
+        .expect("w");
+        fs::write(pids.join("pids.current"), "2\n").expect("w");
+        // The hybrid layout's empty v2 hierarchy is not read.
+        fs::write(v2.join("memory.current"), "1\n").expect("w");
+        let cg = Cgroups {
+            unified: false,
+            dirs: vec![
+                dir(&cpu, false, &["cpu", "cpuacct"]),
+                dir(&mem, false, &["memory"]),
+                dir(&pids, false, &["pids"]),
+                dir(&v2, true, &[]),
+            ],
+        };
+        let u = cg.usage();
+        assert_eq!(u.cpu_ns, Some(123_456));
+        assert_eq!(u.memory_bytes, Some(8192));
+        assert_eq!(u.working_set_bytes, Some(8000));
+        assert_eq!(u.rss_bytes, Some(4096));
+        assert_eq!((u.page_faults, u.major_page_faults), (Some(5), Some(1)));
+        assert_eq!(u.memory_limit, None, "v1's unlimited");
+        assert_eq!(u.pids, Some(2));
+    }
 }
