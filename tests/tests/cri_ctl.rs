@@ -171,11 +171,14 @@ impl Drop for KillOnDrop {
 }
 
 /// Runs `keelsonctl exec -it <ctr> sh -c <script>` on a fresh pty of 33 rows and 101
-/// columns; returns what it wrote, its exit code, and whether the pty is in canonical mode
-/// again afterwards.
-fn exec_on_pty(ctl: &Ctl, ctr: &str, script: &str) -> (String, Option<i32>, bool) {
+/// columns that is its controlling terminal; once its output shows `resize_at`, the pty is
+/// resized to 40x120 (the kernel signals SIGWINCH). Returns what it wrote, its exit code, and
+/// whether the pty is in canonical mode again afterwards.
+fn exec_on_pty(ctl: &Ctl, ctr: &str, script: &str, resize_at: &str) -> (String, Option<i32>, bool) {
     use nix::sys::termios::{LocalFlags, tcgetattr};
     use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let size = nix::pty::Winsize {
         ws_row: 33,
         ws_col: 101,
@@ -184,32 +187,72 @@ fn exec_on_pty(ctl: &Ctl, ctr: &str, script: &str) -> (String, Option<i32>, bool
     };
     let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
     let slave = std::fs::File::from(pty.slave);
-    let child = ctl
-        .command(&["exec", "-it", ctr, "sh", "-c", script])
-        .stdin(slave.try_clone().expect("dup"))
+    let master = std::fs::File::from(pty.master);
+    let mut cmd = ctl.command(&["exec", "-it", ctr, "sh", "-c", script]);
+    cmd.stdin(slave.try_clone().expect("dup"))
         .stdout(slave.try_clone().expect("dup"))
-        .stderr(slave.try_clone().expect("dup"))
-        .spawn()
-        .expect("keelsonctl");
-    let mut child = KillOnDrop(child);
+        .stderr(slave.try_clone().expect("dup"));
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+    // controlling terminal is the pty on stdin, so a resize signals keelsonctl.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(cmd.spawn().expect("keelsonctl"));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().expect("dup master");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once no slave is left.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut resized = false;
     let end = Instant::now() + Duration::from_secs(60);
     let status = loop {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            out.extend_from_slice(&chunk);
+        }
+        if !resized && String::from_utf8_lossy(&out).contains(resize_at) {
+            let bigger = nix::libc::winsize {
+                ws_row: 40,
+                ws_col: 120,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from the struct we own.
+            let rc =
+                unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &bigger) };
+            assert_eq!(rc, 0, "resizing the pty");
+            resized = true;
+        }
         match child.0.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-            other => panic!("keelsonctl exec -it did not end: {other:?}"),
+            Ok(None) if Instant::now() < end => {}
+            other => panic!(
+                "keelsonctl exec -it did not end ({other:?}): {}",
+                String::from_utf8_lossy(&out)
+            ),
         }
     };
     let restored = tcgetattr(&slave)
         .map(|t| t.local_flags.contains(LocalFlags::ICANON))
         .unwrap_or(false);
     drop(slave);
-    // Everything written is buffered in the pty; with no slave left, reading ends in EIO.
-    let mut master = std::fs::File::from(pty.master);
-    let mut buf = Vec::new();
-    let _ = master.read_to_end(&mut buf);
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(5)) {
+        out.extend_from_slice(&chunk);
+    }
     (
-        String::from_utf8_lossy(&buf).into_owned(),
+        String::from_utf8_lossy(&out).into_owned(),
         status.code(),
         restored,
     )
@@ -687,9 +730,17 @@ fn pod_stats_and_interactive_streaming() {
 
     // On a terminal (a pty here): raw mode while it runs, the size sent to the remote tty,
     // the terminal's mode given back afterwards, the remote exit code.
-    let (out, code, restored) = exec_on_pty(&ctl, &web, "stty size; exit 3");
+    // A resize of the local terminal reaches the remote one (SIGWINCH -> resize channel).
+    let (out, code, restored) = exec_on_pty(
+        &ctl,
+        &web,
+        "stty size; i=0; while [ \"$(stty size)\" = '33 101' ] && [ $i -lt 300 ]; do \
+         sleep 0.1; i=$((i+1)); done; echo now $(stty size); exit 3",
+        "33 101",
+    );
     assert_eq!(code, Some(3), "{out}");
     assert!(out.contains("33 101"), "{out:?}");
+    assert!(out.contains("now 40 120"), "{out:?}");
     assert!(restored, "the terminal was left in raw mode");
 
     // attach -i to `cat`: what goes in comes out; closing stdin ends cat (stdin_once).
