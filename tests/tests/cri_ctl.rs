@@ -29,15 +29,7 @@ impl<'a> Ctl<'a> {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--runtime-endpoint")
-            .arg(format!("unix://{}", self.k.socket().display()))
-            .args(["--timeout", "60s"])
-            .args(args)
-            .env_remove("CONTAINER_RUNTIME_ENDPOINT")
-            .env_remove("IMAGE_SERVICE_ENDPOINT")
-            .output()
-            .expect("run keelsonctl")
+        self.command(args).output().expect("run keelsonctl")
     }
 
     /// Stdout of a command that must succeed.
@@ -66,6 +58,39 @@ impl<'a> Ctl<'a> {
         assert!(err.starts_with("keelsonctl: "), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         err
+    }
+
+    /// A command run with `input` on its stdin.
+    fn run_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run keelsonctl");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+        drop(stdin);
+        let o = wait_output(child, Duration::from_secs(60));
+        o.unwrap_or_else(|| {
+            panic!(
+                "keelsonctl {args:?} did not end\nkeelsond: {}",
+                self.k.log()
+            )
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--runtime-endpoint")
+            .arg(format!("unix://{}", self.k.socket().display()))
+            .args(["--timeout", "60s"])
+            .args(args)
+            .env_remove("CONTAINER_RUNTIME_ENDPOINT")
+            .env_remove("IMAGE_SERVICE_ENDPOINT");
+        c
     }
 
     fn json(&self, args: &[&str]) -> Value {
@@ -117,6 +142,120 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The output of a child, killed (and `None`) if it has not ended within `limit`.
+fn wait_output(mut child: std::process::Child, limit: Duration) -> Option<Output> {
+    let end = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// A child process killed when the test is done with it, also on failure.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `keelsonctl exec -it <ctr> sh -c <script>` on a fresh pty of 33 rows and 101
+/// columns that is its controlling terminal; once its output shows `resize_at`, the pty is
+/// resized to 40x120 (the kernel signals SIGWINCH). Returns what it wrote, its exit code, and
+/// whether the pty is in canonical mode again afterwards.
+fn exec_on_pty(ctl: &Ctl, ctr: &str, script: &str, resize_at: &str) -> (String, Option<i32>, bool) {
+    use nix::sys::termios::{LocalFlags, tcgetattr};
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let size = nix::pty::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let master = std::fs::File::from(pty.master);
+    let mut cmd = ctl.command(&["exec", "-it", ctr, "sh", "-c", script]);
+    cmd.stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave.try_clone().expect("dup"));
+    // SAFETY: only async-signal-safe calls between fork and exec: a new session whose
+    // controlling terminal is the pty on stdin, so a resize signals keelsonctl.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = KillOnDrop(cmd.spawn().expect("keelsonctl"));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().expect("dup master");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once no slave is left.
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let mut resized = false;
+    let end = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(20)) {
+            out.extend_from_slice(&chunk);
+        }
+        if !resized && String::from_utf8_lossy(&out).contains(resize_at) {
+            let bigger = nix::libc::winsize {
+                ws_row: 40,
+                ws_col: 120,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            // SAFETY: TIOCSWINSZ reads one winsize from the struct we own.
+            let rc =
+                unsafe { nix::libc::ioctl(master.as_raw_fd(), nix::libc::TIOCSWINSZ, &bigger) };
+            assert_eq!(rc, 0, "resizing the pty");
+            resized = true;
+        }
+        match child.0.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < end => {}
+            other => panic!(
+                "keelsonctl exec -it did not end ({other:?}): {}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    };
+    let restored = tcgetattr(&slave)
+        .map(|t| t.local_flags.contains(LocalFlags::ICANON))
+        .unwrap_or(false);
+    drop(slave);
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_secs(5)) {
+        out.extend_from_slice(&chunk);
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        status.code(),
+        restored,
+    )
 }
 
 fn is_id(s: &str) -> bool {
@@ -406,11 +545,6 @@ fn pod_and_container_lifecycle() {
         ctl.ok(&["exec", "--timeout", "10", &s, "cat", "/proc/1/comm"]),
         "sleep\n"
     );
-    let err = ctl.fails(&["exec", "-i", &s, "sh"]);
-    assert!(
-        err.contains("streaming") && err.contains("unimplemented"),
-        "{err}"
-    );
 
     let stats = ctl.json(&["stats", "-o", "json"]);
     assert!(
@@ -501,9 +635,17 @@ fn bad_input_is_refused_with_a_message() {
     assert!(err.contains("not found"), "{err}");
 
     let err = ctl.fails(&["port-forward", "0123456789ab", "8080:80"]);
-    assert!(err.contains("unimplemented"), "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let err = ctl.fails(&["port-forward", "0123456789ab", "8080:http"]);
+    assert!(err.contains("invalid port"), "{err}");
     let err = ctl.fails(&["attach", "0123456789ab"]);
-    assert!(err.contains("unimplemented"), "{err}");
+    assert!(err.contains("not found"), "{err}");
+    let err = ctl.fails(&["exec", "-i", "0123456789ab", "cat"]);
+    assert!(err.contains("not found"), "{err}");
+    // A filter that matches no pod: the table's header only (as crictl).
+    let (head, rows) = table(&ctl.ok(&["statsp", "-s", "0", "0123456789ab"]));
+    assert!(head.starts_with("POD") && head.contains("POD ID"), "{head}");
+    assert!(rows.is_empty(), "{rows:?}");
     let err = ctl.fails(&["pods", "-o", "yaml"]);
     assert!(err.contains("yaml"), "{err}");
     let err = ctl.fails(&["pods", "--label", "novalue"]);
@@ -520,4 +662,242 @@ fn bad_input_is_refused_with_a_message() {
         err.starts_with("keelsonctl: ") && err.contains("/nonexistent/keelsond.sock"),
         "{err}"
     );
+}
+
+#[test]
+fn pod_stats_and_interactive_streaming() {
+    use std::io::{BufRead, Read, Write};
+    let (_reg, image) = registry_with_busybox("ctlstream");
+    let k = Keelsond::start("ctl-stream").expect("keelsond");
+    let ctl = Ctl::new(&k);
+    let dir = tempfile::tempdir().expect("tmp");
+    ctl.ok(&["pull", &image]);
+    // The kubelet's way: a pod cgroup (relative: below keelsond's own) holding the sandbox
+    // and its containers, which is what the pod's stats read.
+    let mut pod_v = pod_json(&k, "streamer");
+    pod_v["linux"]["cgroup_parent"] = json!(keelson_tests::unique::name("kt-pod", "streamer"));
+    let pod_cfg = write_json(dir.path(), "pod.json", &pod_v);
+    let pod = ctl.ok(&["runp", &pod_cfg]).trim().to_string();
+
+    // A web server (busybox httpd) and a `cat` reading its stdin once.
+    let web_cfg = write_json(
+        dir.path(),
+        "web.json",
+        &container_json(
+            "web",
+            "streamer",
+            &image,
+            "mkdir -p /www && echo hello-forwarded > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ),
+    );
+    let web = ctl
+        .ok(&["create", &pod, &web_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    ctl.ok(&["start", &web]);
+    let mut cat = container_json("cat", "streamer", &image, "exec cat");
+    cat["stdin"] = json!(true);
+    cat["stdin_once"] = json!(true);
+    let cat_cfg = write_json(dir.path(), "cat.json", &cat);
+    let cat = ctl
+        .ok(&["create", &pod, &cat_cfg, &pod_cfg])
+        .trim()
+        .to_string();
+    ctl.ok(&["start", &cat]);
+    eventually("both containers to run", || {
+        let ps = ctl.ok(&["ps", "-q"]);
+        ps.contains(&web) && ps.contains(&cat)
+    });
+
+    // exec -i: stdin piped from here, output back, the remote exit code is keelsonctl's.
+    let o = ctl.run_stdin(
+        &["exec", "-i", &web, "sh", "-c", "cat; echo err >&2; exit 5"],
+        b"input line\n",
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "input line\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    let o = ctl.run_stdin(&["exec", "-i", &web, "sh", "-c", "wc -c"], b"12345");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "5");
+    // With -t (stdin not a terminal here: no raw mode) the output comes through the tty.
+    let o = ctl.run_stdin(
+        &["exec", "-it", &web, "sh", "-c", "test -t 0 && echo tty"],
+        b"",
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout).trim(), "tty");
+
+    // On a terminal (a pty here): raw mode while it runs, the size sent to the remote tty,
+    // the terminal's mode given back afterwards, the remote exit code.
+    // A resize of the local terminal reaches the remote one (SIGWINCH -> resize channel).
+    let (out, code, restored) = exec_on_pty(
+        &ctl,
+        &web,
+        "stty size; i=0; while [ \"$(stty size)\" = '33 101' ] && [ $i -lt 300 ]; do \
+         sleep 0.1; i=$((i+1)); done; echo now $(stty size); exit 3",
+        "33 101",
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("33 101"), "{out:?}");
+    assert!(out.contains("now 40 120"), "{out:?}");
+    assert!(restored, "the terminal was left in raw mode");
+
+    // attach -i to `cat`: what goes in comes out; closing stdin ends cat (stdin_once).
+    let o = ctl.run_stdin(&["attach", "-i", &cat], b"through attach\n");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "through attach\n");
+    eventually("cat to exit", || {
+        ctl.ok(&["ps", "-q", "--state", "exited"]).contains(&cat)
+    });
+
+    // port-forward: a free local port to the pod's 8080, one connection from here.
+    let child = ctl
+        .command(&["port-forward", &pod, ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("port-forward");
+    let mut pf = KillOnDrop(child);
+    let mut first = String::new();
+    let mut pf_out = std::io::BufReader::new(pf.0.stdout.take().expect("stdout"));
+    pf_out.read_line(&mut first).expect("read");
+    let local: u16 = first
+        .strip_prefix("Forwarding from 127.0.0.1:")
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("first line {first:?}"));
+    assert!(first.trim_end().ends_with("-> 8080"), "{first:?}");
+    let mut body = String::new();
+    // httpd may still be starting: retry the request a few times.
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+        body.clear();
+        let _ = s.read_to_string(&mut body);
+        if body.contains("hello-forwarded") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains("hello-forwarded"),
+        "{body:?}\nkeelsond: {}",
+        k.log()
+    );
+    drop(pf);
+    drop(pf_out);
+
+    // Traffic on the pod's eth0 from the test host netns.
+    let st = ctl.json(&["inspectp", &pod]);
+    let ip = st["status"]["network"]["ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let o = k
+        .host_exec(&["busybox", "ping", "-c", "1", "-W", "10", &ip])
+        .expect("ping");
+    assert!(o.status.success(), "ping {ip}: {}", text(&o.stderr));
+
+    // Pod stats: the pod cgroup's CPU and memory, eth0's counters (the HTTP exchange went
+    // through it), the processes and containers.
+    let sp = ctl.json(&["statsp", "-o", "json"]);
+    let list = sp["stats"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{sp}");
+    let s = &list[0];
+    assert_eq!(s["attributes"]["id"], json!(pod), "{s}");
+    assert_eq!(
+        s["attributes"]["metadata"]["name"],
+        json!("streamer"),
+        "{s}"
+    );
+    let num = |v: &Value| v.as_str().and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let linux = &s["linux"];
+    assert!(
+        num(&linux["cpu"]["usageCoreNanoSeconds"]["value"]) > 0,
+        "{s}"
+    );
+    assert!(num(&linux["memory"]["workingSetBytes"]["value"]) > 0, "{s}");
+    assert!(num(&linux["memory"]["usageBytes"]["value"]) > 0, "{s}");
+    assert_eq!(
+        linux["network"]["defaultInterface"]["name"],
+        json!("eth0"),
+        "{s}"
+    );
+    assert!(
+        num(&linux["network"]["defaultInterface"]["rxBytes"]["value"]) > 0,
+        "{s}"
+    );
+    assert!(
+        num(&linux["network"]["defaultInterface"]["txBytes"]["value"]) > 0,
+        "{s}"
+    );
+    // httpd runs; cat has exited.
+    assert!(num(&linux["process"]["processCount"]["value"]) >= 1, "{s}");
+    let ids: Vec<&str> = linux["containers"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|c| c["attributes"]["id"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        ids.contains(&web.as_str()) && ids.contains(&cat.as_str()),
+        "{s}"
+    );
+    // Filters: by label and by id prefix.
+    let by_label = ctl.json(&[
+        "statsp",
+        "-o",
+        "json",
+        "--label",
+        "io.kubernetes.pod.name=streamer",
+    ]);
+    assert_eq!(
+        by_label["stats"].as_array().map(Vec::len),
+        Some(1),
+        "{by_label}"
+    );
+    let none = ctl.json(&[
+        "statsp",
+        "-o",
+        "json",
+        "--label",
+        "io.kubernetes.pod.name=other",
+    ]);
+    assert_eq!(none["stats"], json!([]), "{none}");
+    let (head, rows) = table(&ctl.ok(&["statsp", &pod[..12]]));
+    for col in ["POD", "POD ID", "CPU %", "MEM"] {
+        assert!(head.contains(col), "{col} in {head}");
+    }
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].starts_with("streamer") && rows[0].contains(&pod[..13]),
+        "{rows:?}"
+    );
+
+    // A stopped pod has no stats (UNAVAILABLE), an unknown one is NOT_FOUND.
+    ctl.ok(&["stopp", &pod]);
+    assert_eq!(ctl.json(&["statsp", "-o", "json"])["stats"], json!([]));
+    k.block_on(async {
+        let mut rt = k.runtime().await.expect("client");
+        let e = rt
+            .pod_sandbox_stats(keelson_proto::runtime::v1::PodSandboxStatsRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .expect_err("stopped pod");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        let e = rt
+            .pod_sandbox_stats(keelson_proto::runtime::v1::PodSandboxStatsRequest {
+                pod_sandbox_id: "0123456789abcdef".into(),
+            })
+            .await
+            .expect_err("unknown pod");
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    });
+    ctl.ok(&["rmp", &pod]);
 }

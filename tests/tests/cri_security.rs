@@ -576,3 +576,237 @@ fn log_reopen_and_stats() {
     assert!(cpu > 0, "cpu {cpu}");
     assert_eq!(stats.attributes.expect("attrs").id, id);
 }
+
+/// Runs a shell script in keelsond's mount namespace (the fixture's): the "host" side of
+/// the containers' mounts.
+fn in_keelsond_ns(k: &Keelsond, script: &str) -> Result<(), String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--mount=/proc/{}/ns/mnt", k.mount_ns_pid()))
+        .args(["sh", "-c", script])
+        .output()
+        .map_err(|e| format!("nsenter: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Unmounts (lazily, in keelsond's mount namespace) what a test mounted there, also when the
+/// test fails; the namespace goes with the fixture anyway, this keeps the order explicit.
+struct NsMounts<'a> {
+    k: &'a Keelsond,
+    paths: Vec<String>,
+}
+
+impl Drop for NsMounts<'_> {
+    fn drop(&mut self) {
+        for p in self.paths.iter().rev() {
+            let _ = in_keelsond_ns(self.k, &format!("umount -l {p}"));
+        }
+    }
+}
+
+fn privileged_pod_config(k: &Keelsond, name: &str) -> pb::PodSandboxConfig {
+    let mut cfg = pod_config(k, name);
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    cfg
+}
+
+fn privileged_sc() -> Option<pb::LinuxContainerSecurityContext> {
+    Some(pb::LinuxContainerSecurityContext {
+        privileged: true,
+        namespace_options: pod_ns(),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn recursive_read_only_mounts() {
+    let (_reg, image) = registry_with_busybox("rro");
+    let k = Keelsond::start("rro").expect("keelsond");
+    // The runtime handler says it supports them (mount_setattr exists on this kernel).
+    let status = k
+        .block_on(async {
+            let mut rt = k.runtime().await?;
+            rt.status(pb::StatusRequest { verbose: false }).await
+        })
+        .expect("Status")
+        .into_inner();
+    let features = status.runtime_handlers[0].features.expect("features");
+    assert!(features.recursive_read_only_mounts, "{status:?}");
+
+    let pod = setup(&k, &image, pod_config(&k, "rro"));
+    // A host dir with a tmpfs mounted below it (on keelsond's side).
+    let host = tempfile::tempdir().expect("tmp");
+    let top = host.path().join("top");
+    std::fs::create_dir_all(top.join("sub")).expect("sub");
+    let sub = top.join("sub").display().to_string();
+    in_keelsond_ns(&k, &format!("mount -t tmpfs kk-rro {sub}")).expect("tmpfs");
+    let _mounts = NsMounts {
+        k: &k,
+        paths: vec![sub.clone()],
+    };
+    let mount = |rro: bool| pb::Mount {
+        container_path: "/data".into(),
+        host_path: top.display().to_string(),
+        readonly: true,
+        recursive_read_only: rro,
+        ..Default::default()
+    };
+    let script = "(echo x > /data/sub/f) 2>/dev/null && echo sub-writable || echo sub-ro; \
+                  (echo x > /data/top) 2>/dev/null && echo top-writable || echo top-ro";
+    let mut c = container_config("rro", &image, script);
+    c.mounts = vec![mount(true)];
+    let (code, out) = pod.try_run(c).expect("rro run");
+    assert_eq!((code, out.as_str()), (0, "sub-ro\ntop-ro\n"));
+    // Plain read-only leaves the submount as it is: writable.
+    let mut c = container_config("plainro", &image, script);
+    c.mounts = vec![mount(false)];
+    let (code, out) = pod.try_run(c).expect("ro run");
+    assert_eq!((code, out.as_str()), (0, "sub-writable\ntop-ro\n"));
+
+    // containerd's checks: rro needs readonly and private propagation.
+    for (name, m, want) in [
+        (
+            "rrorw",
+            pb::Mount {
+                readonly: false,
+                ..mount(true)
+            },
+            "conflicts with RW mount",
+        ),
+        (
+            "rroslave",
+            pb::Mount {
+                propagation: pb::MountPropagation::PropagationHostToContainer as i32,
+                ..mount(true)
+            },
+            "needs private propagation",
+        ),
+    ] {
+        let mut c = container_config(name, &image, "true");
+        c.mounts = vec![m];
+        let e = pod.try_run(c).expect_err(name);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{name}: {e:?}");
+        assert!(e.message().contains(want), "{name}: {e:?}");
+    }
+}
+
+#[test]
+fn privileged_containers_devices_and_bidirectional_propagation() {
+    let (_reg, image) = registry_with_busybox("privdev");
+    let k = Keelsond::start("privdev").expect("keelsond");
+    let pod = setup(&k, &image, privileged_pod_config(&k, "privdev"));
+
+    // Privileged: every capability keelsond itself has, /sys mounted read-write and the
+    // host's devices (here /dev/loop-control, which no default rule allows).
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    let cap_eff = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let script = "grep CapEff /proc/self/status; \
+                  awk '$5 == \"/sys\" { split($6, o, \",\"); print \"sys-\" o[1] }' /proc/self/mountinfo; \
+                  ls /dev/loop-control >/dev/null && echo has-loop-control; \
+                  (exec 3< /dev/loop-control) && echo loop-control-opens";
+    let (code, out) = pod.run("priv", script, privileged_sc());
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(cap_eff(&out), cap_eff(&own), "{out}");
+    assert!(out.contains("sys-rw\n"), "{out}");
+    assert!(out.contains("has-loop-control\n"), "{out}");
+    assert!(out.contains("loop-control-opens\n"), "{out}");
+    // The same unprivileged: default capabilities, /sys read-only, no host devices.
+    let (code, out) = pod.run("unpriv", script, None);
+    assert_ne!(code, 0, "{out}");
+    assert_ne!(cap_eff(&out), cap_eff(&own), "{out}");
+    assert!(out.contains("sys-ro\n"), "{out}");
+    assert!(!out.contains("has-loop-control"), "{out}");
+    assert!(!out.contains("loop-control-opens"), "{out}");
+
+    // CRI devices: /dev/null under another name (same major:minor) read-write, and
+    // /dev/loop-control read-only: the device cgroup refuses opening it for writing.
+    let mut c = container_config(
+        "devices",
+        &image,
+        "stat -c '%F %t:%T' /dev/kk-null; echo hi > /dev/kk-null && echo null-written; \
+         (exec 3< /dev/kk-lc) && echo lc-read-opens; \
+         (exec 3> /dev/kk-lc) 2>&1 | grep -q 'not permitted' && echo lc-write-refused",
+    );
+    let dev = |host: &str, ctr: &str, perms: &str| pb::Device {
+        container_path: ctr.into(),
+        host_path: host.into(),
+        permissions: perms.into(),
+    };
+    c.devices = vec![
+        dev("/dev/null", "/dev/kk-null", "rw"),
+        dev("/dev/loop-control", "/dev/kk-lc", "r"),
+    ];
+    let (code, out) = pod.try_run(c).expect("devices run");
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "character special file 1:3\nnull-written\nlc-read-opens\nlc-write-refused\n"
+        ),
+        "{}",
+        k.log()
+    );
+    // A device that is not one is refused.
+    let mut c = container_config("notdev", &image, "true");
+    c.devices = vec![dev("/etc/hostname", "/dev/kk-x", "rw")];
+    let e = pod.try_run(c).expect_err("not a device");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+
+    // Bidirectional: a mount made in the container below the mount appears on the host side
+    // (keelsond's mount namespace), where the dir was made a shared mount point.
+    let host = tempfile::tempdir().expect("tmp");
+    let bd = host.path().join("bidir");
+    std::fs::create_dir_all(&bd).expect("bidir");
+    let bds = bd.display().to_string();
+    let mut mounts = NsMounts {
+        k: &k,
+        paths: Vec::new(),
+    };
+    in_keelsond_ns(&k, &format!("mount --bind {bds} {bds}")).expect("bind");
+    mounts.paths.push(bds.clone());
+    in_keelsond_ns(&k, &format!("mount --make-shared {bds}")).expect("shared");
+    mounts.paths.push(format!("{bds}/sub"));
+    let mut c = container_config(
+        "bidir",
+        &image,
+        "mkdir -p /bidir/sub && mount -t tmpfs kk-bidir /bidir/sub && echo mounted",
+    );
+    c.mounts = vec![pb::Mount {
+        container_path: "/bidir".into(),
+        host_path: bds.clone(),
+        propagation: pb::MountPropagation::PropagationBidirectional as i32,
+        ..Default::default()
+    }];
+    c.linux
+        .get_or_insert_with(Default::default)
+        .security_context = privileged_sc();
+    let (code, out) = pod.try_run(c).expect("bidir run");
+    assert_eq!((code, out.as_str()), (0, "mounted\n"));
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", k.mount_ns_pid()))
+        .expect("mountinfo");
+    assert!(
+        mountinfo
+            .lines()
+            .any(|l| l.contains(&format!(" {bds}/sub ")) && l.contains(" tmpfs kk-bidir ")),
+        "{mountinfo}"
+    );
+    // The test's own mount namespace never saw any of it.
+    let own = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!own.contains("kk-bidir"), "{own}");
+    drop(mounts);
+}

@@ -229,6 +229,11 @@ fn read_until(ws: &mut Ws, got: &mut Received, base64: bool, until: impl Fn(&Rec
             Err(tungstenite::Error::Protocol(
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
             )) => return,
+            // A server that ended the stream (a port nothing listens on yet) while our request
+            // was still unread resets the connection: what it sent before is what counts.
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return;
+            }
             Err(e) => panic!("reading: {e} after {got:?}"),
         }
     }

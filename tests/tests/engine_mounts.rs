@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use keelson_tests::mountinfo::{self, MountInfo};
 use keelson_tests::probe::{probe, value_of};
 use keelson_tests::{Bundle, CmdOutput, Runtime, spec};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn keelson() -> Runtime {
     Runtime::keelson().expect("keelson runtime (build it or set KEELSON_BIN)")
@@ -387,4 +387,62 @@ fn config_devices_are_created() {
     expect("kt_zero_read", "2");
     // Nothing was created in the bundle's rootfs on the host.
     assert!(!b.rootfs().join("dev/kt-null").exists());
+}
+
+/// A tmpfs mounted on the host for one test, unmounted when dropped (also on failure).
+struct HostTmpfs(std::path::PathBuf);
+
+impl HostTmpfs {
+    fn mount(at: &std::path::Path) -> HostTmpfs {
+        nix::mount::mount(
+            Some("kt-rro"),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount tmpfs");
+        HostTmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for HostTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn rro_makes_submounts_read_only_too() {
+    let rt = keelson();
+    let host = tempfile::tempdir().expect("host dir");
+    let sub = host.path().join("sub");
+    fs::create_dir(&sub).expect("sub");
+    let _tmpfs = HostTmpfs::mount(&sub);
+    let script = "cat /proc/self/mountinfo; \
+                  if touch /data/top 2>/dev/null; then echo top=rw; else echo top=ro; fi; \
+                  if touch /data/sub/f 2>/dev/null; then echo sub=rw; else echo sub=ro; fi";
+    let run = |hint: &str, options: Value| {
+        let mut b = bundle(hint);
+        b.add_mount(json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": host.path(),
+            "options": options
+        }));
+        run_ok(&rt, &mut b, script)
+    };
+    let out = run("rro", json!(["rbind", "ro", "rro"]));
+    let mounts = mountinfo::parse(&out.stdout);
+    assert!(
+        mount_at(&mounts, "/data/sub", &out).has_option("ro"),
+        "{out}"
+    );
+    assert_eq!(value_of(&out.stdout, "top").as_deref(), Some("ro"), "{out}");
+    assert_eq!(value_of(&out.stdout, "sub").as_deref(), Some("ro"), "{out}");
+    // Plain ro on an rbind leaves the submount as it is.
+    let out = run("plain-ro", json!(["rbind", "ro"]));
+    assert_eq!(value_of(&out.stdout, "top").as_deref(), Some("ro"), "{out}");
+    assert_eq!(value_of(&out.stdout, "sub").as_deref(), Some("rw"), "{out}");
+    assert!(sub.join("f").exists(), "the write reached the host's tmpfs");
 }

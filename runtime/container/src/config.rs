@@ -99,7 +99,7 @@ impl Config {
         self.namespaces().iter().any(|(ty, _)| *ty == t)
     }
 
-    /// Device cgroup rules: the spec's, then the defaults and the configured devices.
+    /// Device cgroup rules: the spec's, then runc's default allowed devices.
     pub fn device_rules(&self) -> Vec<DeviceRule> {
         let mut out = Vec::new();
         let linux = self.spec.linux().as_ref();
@@ -125,21 +125,9 @@ impl Config {
         if out.is_empty() {
             return out;
         }
+        // As runc: `linux.devices` only make nodes; the device cgroup allows them only where
+        // a rule says so (a CRI device with permissions "r" stays read-only).
         out.extend(default_allowed_devices());
-        for d in linux.and_then(|l| l.devices().clone()).unwrap_or_default() {
-            let kind = match d.typ() {
-                LinuxDeviceType::B => 'b',
-                LinuxDeviceType::P => continue,
-                _ => 'c',
-            };
-            out.push(DeviceRule {
-                allow: true,
-                kind,
-                major: Some(d.major()),
-                minor: Some(d.minor()),
-                access: "rwm".into(),
-            });
-        }
         out
     }
 

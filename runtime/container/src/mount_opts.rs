@@ -21,6 +21,8 @@ pub struct MountOptions {
     /// An idmapped bind mount (`idmap`, `ridmap` for the whole tree).
     pub idmap: bool,
     pub idmap_recursive: bool,
+    /// `rro`: read-only on the whole tree, submounts included (mount_setattr, Linux 5.12).
+    pub recursive_readonly: bool,
 }
 
 impl Default for MountOptions {
@@ -35,6 +37,7 @@ impl Default for MountOptions {
             tmpcopyup: false,
             idmap: false,
             idmap_recursive: false,
+            recursive_readonly: false,
         }
     }
 }
@@ -93,12 +96,15 @@ pub fn parse(options: &[String]) -> Result<MountOptions> {
                 o.recursive = true;
                 continue;
             }
-            // Recursive attribute variants (mount_setattr) and idmap are not supported yet.
+            "rro" => {
+                o.recursive_readonly = true;
+                continue;
+            }
+            // The other recursive attribute variants (mount_setattr) are not supported yet.
             w if w.starts_with('r')
                 && matches!(
                     &w[1..],
-                    "ro" | "rw"
-                        | "nosuid"
+                    "rw" | "nosuid"
                         | "suid"
                         | "nodev"
                         | "dev"
@@ -169,6 +175,8 @@ mod tests {
         assert!(o.bind && o.recursive);
         let o = parse(&s(&["ro", "rw"])).expect("parse");
         assert!(!o.flags.contains(MsFlags::MS_RDONLY));
-        assert!(parse(&s(&["rro"])).is_err());
+        assert!(parse(&s(&["rnosuid"])).is_err());
+        let o = parse(&s(&["rbind", "ro", "rro"])).expect("parse");
+        assert!(o.recursive_readonly && o.flags.contains(MsFlags::MS_RDONLY));
     }
 }

@@ -100,10 +100,12 @@ fn is_bind(m: &Mount) -> bool {
             .any(|o| o == "bind" || o == "rbind")
 }
 
-/// The mount holding the rootfs's parent must not be shared, or pivot_root refuses.
+/// The mount the rootfs lives on (the rootfs itself when it is a mount point, as runc's
+/// `getParentMount` finds it) must not be shared: the rootfs bind mount made on it would be
+/// shared too, and pivot_root refuses a shared new root or parent (EINVAL).
 fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
     let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo")?;
-    let parent = rootfs.parent().unwrap_or(Path::new("/"));
+    let parent = rootfs;
     let mut best: Option<PathBuf> = None;
     for line in info.lines() {
         let Some(mp) = line.split(' ').nth(4) else {
@@ -251,6 +253,9 @@ fn mount_entry(cfg: &Config, cgroups: &Cgroups, m: &Mount) -> Result<()> {
         let extra = opts.flags - MsFlags::MS_REMOUNT;
         if !extra.is_empty() {
             remount_bind(&dest.path, extra)?;
+        }
+        if opts.recursive_readonly {
+            crate::idmap::make_recursively_readonly(&dest.path)?;
         }
         return apply_propagation(&dest.path, &opts);
     }

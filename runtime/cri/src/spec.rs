@@ -90,8 +90,15 @@ pub const DEFAULT_READONLY: &[&str] = &[
 ];
 
 /// Every capability this kernel interface knows (`CAP_*` names), from the caps crate.
+/// "All" capabilities as containerd means them (`cap.Current()`): the ones keelsond itself
+/// holds, so a privileged container on a host whose root lacks some (a reduced bounding set)
+/// still starts.
 fn all_caps() -> Vec<String> {
-    let mut v: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    let current = caps::read(None, caps::CapSet::Effective).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading keelsond's capabilities; assuming all");
+        caps::all()
+    });
+    let mut v: Vec<String> = current.iter().map(|c| c.to_string()).collect();
     v.sort();
     v
 }
@@ -480,14 +487,26 @@ pub fn build(i: &Inputs<'_>) -> Result<Value> {
         }
     }
 
-    // Devices.
+    // Devices. A privileged container gets the host's device nodes and may use any device
+    // (containerd's WithHostDevices + WithAllDevicesAllowed); the CRI's devices come on top.
     let mut devices = Vec::new();
     let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
+    let mut cri_devices = Vec::new();
     for d in &c.devices {
         let (dev, rule) = device(d)?;
-        devices.push(dev);
+        cri_devices.push(dev);
         device_rules.push(rule);
     }
+    if privileged {
+        let taken: Vec<&Value> = cri_devices.iter().map(|d| &d["path"]).collect();
+        devices.extend(
+            host_devices(Path::new("/dev"))
+                .into_iter()
+                .filter(|d| !taken.contains(&&d["path"])),
+        );
+        device_rules.push(json!({"allow": true, "access": "rwm"}));
+    }
+    devices.extend(cri_devices);
 
     let mut res = json!({"devices": device_rules});
     if let Some(r) = resources {
@@ -646,10 +665,29 @@ fn cri_mount(m: &pb::Mount, root_propagation: &mut Option<&'static str>) -> Resu
             m.container_path
         )));
     }
+    let propagation = pb::MountPropagation::try_from(m.propagation)
+        .unwrap_or(pb::MountPropagation::PropagationPrivate);
+    // containerd's checks of a recursive read-only mount, before anything is created.
     if m.recursive_read_only {
-        return Err(SpecError::Unimplemented(
-            "recursive read-only mounts (rro)".into(),
-        ));
+        if propagation != pb::MountPropagation::PropagationPrivate {
+            return Err(SpecError::Invalid(format!(
+                "recursive read-only mount needs private propagation, got {:?} (hostPath={:?})",
+                propagation.as_str_name(),
+                m.host_path
+            )));
+        }
+        if !m.readonly {
+            return Err(SpecError::Invalid(format!(
+                "recursive read-only mount conflicts with RW mount (hostPath={:?})",
+                m.host_path
+            )));
+        }
+        if !keelson_container::idmap::recursive_readonly_supported() {
+            return Err(SpecError::Unimplemented(
+                "recursive read-only mount is not supported (mount_setattr needs Linux 5.12)"
+                    .into(),
+            ));
+        }
     }
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(SpecError::Unimplemented("idmapped CRI mounts".into()));
@@ -665,9 +703,7 @@ fn cri_mount(m: &pb::Mount, root_propagation: &mut Option<&'static str>) -> Resu
     let src = fs::canonicalize(host)
         .map_err(|e| SpecError::Invalid(format!("mount host_path {}: {e}", m.host_path)))?;
     let mut opts = vec!["rbind"];
-    match pb::MountPropagation::try_from(m.propagation)
-        .unwrap_or(pb::MountPropagation::PropagationPrivate)
-    {
+    match propagation {
         pb::MountPropagation::PropagationPrivate => opts.push("rprivate"),
         pb::MountPropagation::PropagationHostToContainer => {
             opts.push("rslave");
@@ -681,7 +717,52 @@ fn cri_mount(m: &pb::Mount, root_propagation: &mut Option<&'static str>) -> Resu
         }
     }
     opts.push(if m.readonly { "ro" } else { "rw" });
+    if m.recursive_read_only {
+        opts.push("rro");
+    }
     Ok(json!({"destination": m.container_path, "type": "bind", "source": src, "options": opts}))
+}
+
+/// The device nodes below `dir` as OCI `linux.devices` (containerd's `HostDevices`): the
+/// directories of other mounts (pts, shm, mqueue, fd) and the console are left out, symlinks
+/// are not followed.
+fn host_devices(dir: &Path) -> Vec<Value> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let name = e.file_name();
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if !matches!(
+                name.to_str(),
+                Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+            ) {
+                out.extend(host_devices(&e.path()));
+            }
+            continue;
+        }
+        if name == "console" {
+            continue;
+        }
+        let kind = if ft.is_char_device() {
+            "c"
+        } else if ft.is_block_device() {
+            "b"
+        } else {
+            continue;
+        };
+        let rdev = meta.rdev();
+        out.push(json!({"path": e.path(), "type": kind,
+                        "major": libc::major(rdev), "minor": libc::minor(rdev),
+                        "fileMode": meta.mode() & 0o777, "uid": meta.uid(), "gid": meta.gid()}));
+    }
+    out
 }
 
 fn device(d: &pb::Device) -> Result<(Value, Value)> {

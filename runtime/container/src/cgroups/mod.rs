@@ -529,6 +529,83 @@ pub fn default_allowed_devices() -> Vec<DeviceRule> {
     ]
 }
 
+/// What a cgroup has used, as the CRI stats report it (containerd's cgroups metrics): v1 from
+/// the cpuacct/memory/pids hierarchies, v2 from the unified one. A counter the host does not
+/// expose is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Cumulative CPU time, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory charged to the cgroup (v1 `memory.usage_in_bytes`, v2 `memory.current`).
+    pub memory_bytes: Option<u64>,
+    /// Usage less the inactive file cache (the kubelet's working set).
+    pub working_set_bytes: Option<u64>,
+    /// Anonymous memory (v1 `total_rss`, v2 `anon`).
+    pub rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    /// The memory limit, `None` when unlimited.
+    pub memory_limit: Option<u64>,
+    /// Tasks in the cgroup (`pids.current`, else the processes in `cgroup.procs`).
+    pub pids: Option<u64>,
+}
+
+/// v1's "no limit" is the largest page-aligned i64; anything at or above 2^62 counts as none.
+const UNLIMITED: u64 = 1 << 62;
+
+impl Cgroups {
+    /// Reads the cgroup's usage counters (hierarchical: a pod's cgroup includes its
+    /// containers'). Missing files leave their fields empty.
+    pub fn usage(&self) -> Usage {
+        let read = |p: PathBuf| fs::read_to_string(p).ok();
+        let num = |p: PathBuf| read(p).and_then(|s| s.trim().parse::<u64>().ok());
+        let mut u = Usage::default();
+        for dir in &self.dirs {
+            if dir.v2 {
+                if !self.unified {
+                    continue;
+                }
+                if let Some(s) = read(dir.path.join("cpu.stat")) {
+                    u.cpu_ns = flat_key(&s, "usage_usec").map(|v| v.saturating_mul(1000));
+                }
+                u.memory_bytes = num(dir.path.join("memory.current"));
+                if let Some(s) = read(dir.path.join("memory.stat")) {
+                    let inactive = flat_key(&s, "inactive_file").unwrap_or(0);
+                    u.working_set_bytes = u.memory_bytes.map(|m| m.saturating_sub(inactive));
+                    u.rss_bytes = flat_key(&s, "anon");
+                    u.page_faults = flat_key(&s, "pgfault");
+                    u.major_page_faults = flat_key(&s, "pgmajfault");
+                }
+                u.memory_limit = num(dir.path.join("memory.max")).filter(|&l| l < UNLIMITED);
+                u.pids = num(dir.path.join("pids.current"));
+                continue;
+            }
+            if dir.has("cpuacct") {
+                u.cpu_ns = num(dir.path.join("cpuacct.usage"));
+            }
+            if dir.has("memory") {
+                u.memory_bytes = num(dir.path.join("memory.usage_in_bytes"));
+                if let Some(s) = read(dir.path.join("memory.stat")) {
+                    let inactive = flat_key(&s, "total_inactive_file").unwrap_or(0);
+                    u.working_set_bytes = u.memory_bytes.map(|m| m.saturating_sub(inactive));
+                    u.rss_bytes = flat_key(&s, "total_rss");
+                    u.page_faults = flat_key(&s, "total_pgfault");
+                    u.major_page_faults = flat_key(&s, "total_pgmajfault");
+                    u.memory_limit =
+                        flat_key(&s, "hierarchical_memory_limit").filter(|&l| l < UNLIMITED);
+                }
+            }
+            if dir.has("pids") {
+                u.pids = num(dir.path.join("pids.current"));
+            }
+        }
+        if u.pids.is_none() {
+            u.pids = self.pids().ok().map(|p| p.len() as u64);
+        }
+        u
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -585,5 +662,87 @@ mod tests {
             flat_key("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", "oom_kill"),
             Some(3)
         );
+    }
+
+    fn dir(path: &Path, v2: bool, controllers: &[&str]) -> CgroupDir {
+        CgroupDir {
+            v2,
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            path: path.to_path_buf(),
+            mount_point: path.to_path_buf(),
+            cgroup: PathBuf::from("/"),
+            created: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn usage_from_v2_files() {
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path();
+        fs::write(p.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").expect("w");
+        fs::write(p.join("memory.current"), "10000\n").expect("w");
+        fs::write(
+            p.join("memory.stat"),
+            "anon 4096\ninactive_file 3000\npgfault 77\npgmajfault 2\n",
+        )
+        .expect("w");
+        fs::write(p.join("memory.max"), "max\n").expect("w");
+        fs::write(p.join("pids.current"), "3\n").expect("w");
+        let cg = Cgroups {
+            unified: true,
+            dirs: vec![dir(p, true, &[])],
+        };
+        let u = cg.usage();
+        assert_eq!(u.cpu_ns, Some(1_500_000));
+        assert_eq!(u.memory_bytes, Some(10000));
+        assert_eq!(u.working_set_bytes, Some(7000));
+        assert_eq!(u.rss_bytes, Some(4096));
+        assert_eq!((u.page_faults, u.major_page_faults), (Some(77), Some(2)));
+        assert_eq!(u.memory_limit, None);
+        assert_eq!(u.pids, Some(3));
+        fs::write(p.join("memory.max"), "65536\n").expect("w");
+        assert_eq!(cg.usage().memory_limit, Some(65536));
+    }
+
+    #[test]
+    fn usage_from_v1_files() {
+        let t = tempfile::tempdir().expect("tmp");
+        let (cpu, mem, pids, v2) = (
+            t.path().join("cpu"),
+            t.path().join("mem"),
+            t.path().join("pids"),
+            t.path().join("v2"),
+        );
+        for d in [&cpu, &mem, &pids, &v2] {
+            fs::create_dir(d).expect("mkdir");
+        }
+        fs::write(cpu.join("cpuacct.usage"), "123456\n").expect("w");
+        fs::write(mem.join("memory.usage_in_bytes"), "8192\n").expect("w");
+        fs::write(
+            mem.join("memory.stat"),
+            "inactive_file 9\ntotal_inactive_file 192\ntotal_rss 4096\ntotal_pgfault 5\n\
+             total_pgmajfault 1\nhierarchical_memory_limit 9223372036854771712\n",
+        )
+        .expect("w");
+        fs::write(pids.join("pids.current"), "2\n").expect("w");
+        // The hybrid layout's empty v2 hierarchy is not read.
+        fs::write(v2.join("memory.current"), "1\n").expect("w");
+        let cg = Cgroups {
+            unified: false,
+            dirs: vec![
+                dir(&cpu, false, &["cpu", "cpuacct"]),
+                dir(&mem, false, &["memory"]),
+                dir(&pids, false, &["pids"]),
+                dir(&v2, true, &[]),
+            ],
+        };
+        let u = cg.usage();
+        assert_eq!(u.cpu_ns, Some(123_456));
+        assert_eq!(u.memory_bytes, Some(8192));
+        assert_eq!(u.working_set_bytes, Some(8000));
+        assert_eq!(u.rss_bytes, Some(4096));
+        assert_eq!((u.page_faults, u.major_page_faults), (Some(5), Some(1)));
+        assert_eq!(u.memory_limit, None, "v1's unlimited");
+        assert_eq!(u.pids, Some(2));
     }
 }

@@ -17,7 +17,7 @@ pub fn render() -> String {
             "async", "atime", "bind", "dev", "diratime", "dirsync", "exec", "loud", "mand",
             "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
             "nosuid", "private", "rbind", "relatime", "remount", "ro", "rprivate", "rshared",
-            "rslave", "runbindable", "rw", "shared", "silent", "slave", "strictatime", "suid",
+            "rro", "rslave", "runbindable", "rw", "shared", "silent", "slave", "strictatime", "suid",
             "sync", "unbindable"
         ],
         "linux": {

@@ -85,6 +85,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// List container resource usage statistics
     Stats(StatsArgs),
+    /// List pod statistics
+    Statsp(StatspArgs),
     /// Pull an image from a registry
     Pull(PullArgs),
     /// List images
@@ -96,10 +98,10 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Return image filesystem info
     Imagefsinfo(OutputArgs),
-    /// Forward local ports to a pod (needs the CRI streaming server)
-    PortForward(StreamArgs),
-    /// Attach to a running container (needs the CRI streaming server)
-    Attach(StreamArgs),
+    /// Forward local ports to a pod
+    PortForward(PortForwardArgs),
+    /// Attach to a running container
+    Attach(AttachArgs),
 }
 
 #[derive(Debug, Args)]
@@ -344,10 +346,10 @@ pub struct ExecArgs {
     /// Timeout of the command in seconds (0: none)
     #[arg(long, default_value_t = 0)]
     pub timeout: i64,
-    /// Allocate a pseudo-TTY (needs the CRI streaming server)
+    /// Allocate a pseudo-TTY
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Keep STDIN open (needs the CRI streaming server)
+    /// Keep STDIN open
     #[arg(short = 'i', long)]
     pub interactive: bool,
     /// The container
@@ -400,6 +402,24 @@ pub struct StatsArgs {
     /// Filter by pod id (prefix)
     #[arg(short = 'p', long)]
     pub pod: Option<String>,
+    /// Filter by key=value label (repeatable)
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Output format: json or table
+    #[arg(short = 'o', long, default_value = "table")]
+    pub output: String,
+    /// Sample duration for CPU usage in seconds
+    #[arg(short = 's', long, default_value_t = 1)]
+    pub seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct StatspArgs {
+    /// A pod ID (same as --id)
+    pub pod: Option<String>,
+    /// Filter by pod id (prefix)
+    #[arg(long)]
+    pub id: Option<String>,
     /// Filter by key=value label (repeatable)
     #[arg(long)]
     pub label: Vec<String>,
@@ -487,8 +507,22 @@ pub struct OutputArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StreamArgs {
-    /// Everything after the command (not parsed: the command is not available)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+pub struct AttachArgs {
+    /// Keep STDIN open
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// Stdin is a TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The container
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PortForwardArgs {
+    /// The pod
+    pub pod: String,
+    /// [LOCAL_PORT:]REMOTE_PORT (repeatable)
+    #[arg(required = true)]
+    pub ports: Vec<String>,
 }

@@ -1,4 +1,5 @@
-//! `exec` without a terminal or stdin: ExecSync, the one exec keelsond serves today.
+//! `exec`: without -i/-t (or with --sync) through ExecSync; with them over the streaming
+//! server ([`super::stream`]).
 
 use super::Ctl;
 use super::cli::ExecArgs;
@@ -10,11 +11,8 @@ use std::time::Duration;
 /// Runs a command through ExecSync: its output goes to stdout/stderr, its exit code is
 /// keelsonctl's.
 pub async fn exec(ctl: &Ctl, a: &ExecArgs) -> Result<u8> {
-    if a.interactive || a.tty {
-        bail!(
-            "exec -i/-t needs the CRI streaming server (Exec over SPDY/WebSocket): \
-             unimplemented; without -i/-t the command runs through ExecSync"
-        );
+    if (a.interactive || a.tty) && !a.sync {
+        return super::stream::exec_streaming(ctl, a).await;
     }
     if a.timeout < 0 {
         bail!("--timeout must not be negative");

@@ -18,6 +18,7 @@ mod pods;
 pub mod protojson;
 mod stats;
 mod status;
+mod stream;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cli::{Cli, Command};
@@ -35,6 +36,7 @@ use tonic::transport::Channel;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 /// The connection to the runtime (and image) service and how requests are made.
+#[derive(Clone)]
 pub struct Ctl {
     runtime_endpoint: String,
     image_endpoint: String,
@@ -249,17 +251,14 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Exec(a) => return exec::exec(c, a).await,
         Command::Logs(a) => logs::logs(c, a).await?,
         Command::Stats(a) => stats::stats(c, a).await?,
+        Command::Statsp(a) => stats::statsp(c, a).await?,
         Command::Pull(a) => images::pull(c, a).await?,
         Command::Images(a) => images::images(c, a).await?,
         Command::Inspecti(a) => images::inspecti(c, a).await?,
         Command::Rmi(a) => images::rmi(c, a).await?,
         Command::Imagefsinfo(a) => images::imagefsinfo(c, a).await?,
-        Command::PortForward(_) => bail!(
-            "port-forward needs the CRI streaming server (PortForward over SPDY/WebSocket): unimplemented"
-        ),
-        Command::Attach(_) => bail!(
-            "attach needs the CRI streaming server (Attach over SPDY/WebSocket): unimplemented"
-        ),
+        Command::PortForward(a) => return stream::port_forward(c, a).await,
+        Command::Attach(a) => return stream::attach(c, a).await,
     }
     Ok(0)
 }

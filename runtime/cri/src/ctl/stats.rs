@@ -1,6 +1,6 @@
 //! `stats`: two samples of ListContainerStats, CPU % from the difference, as crictl shows.
 
-use super::cli::StatsArgs;
+use super::cli::{StatsArgs, StatspArgs};
 use super::display::{Table, human_size, pretty, truncate_id};
 use super::protojson::{PROTOJSON, to_json};
 use super::{Ctl, Output, out, output_format, parse_labels};
@@ -123,6 +123,89 @@ pub async fn stats(ctl: &Ctl, a: &StatsArgs) -> Result<()> {
             human_size(disk as f64),
             inodes.to_string(),
             human_size(swap as f64),
+        ]);
+    }
+    out(&table.render())
+}
+
+async fn pod_stats(
+    ctl: &Ctl,
+    filter: &pb::PodSandboxStatsFilter,
+) -> Result<Vec<pb::PodSandboxStats>> {
+    let t = Some(ctl.timeout);
+    let mut c = ctl.runtime().await?;
+    let msg = pb::ListPodSandboxStatsRequest {
+        filter: Some(filter.clone()),
+    };
+    Ok(ctl
+        .call(
+            "ListPodSandboxStats",
+            t,
+            c.list_pod_sandbox_stats(ctl.req("ListPodSandboxStats", msg, t)),
+        )
+        .await?
+        .stats)
+}
+
+fn pod_cpu(s: &pb::PodSandboxStats) -> (u64, i64) {
+    s.linux
+        .as_ref()
+        .and_then(|l| l.cpu.as_ref())
+        .map_or((0, 0), |c| {
+            (
+                c.usage_core_nano_seconds.as_ref().map_or(0, |v| v.value),
+                c.timestamp,
+            )
+        })
+}
+
+/// `statsp`: two samples of ListPodSandboxStats, crictl's POD, POD ID, CPU %, MEM table.
+pub async fn statsp(ctl: &Ctl, a: &StatspArgs) -> Result<()> {
+    let format = output_format(&a.output)?;
+    let filter = pb::PodSandboxStatsFilter {
+        id: a.id.clone().or_else(|| a.pod.clone()).unwrap_or_default(),
+        label_selector: parse_labels(&a.label)?,
+    };
+    let first = pod_stats(ctl, &filter).await.context("get pod stats")?;
+    if format == Output::Json {
+        let v = to_json(
+            &pb::ListPodSandboxStatsResponse { stats: first },
+            "runtime.v1.ListPodSandboxStatsResponse",
+            PROTOJSON,
+        )
+        .map_err(|e| anyhow!(e))?;
+        return out(&format!("{}\n", pretty(&v)));
+    }
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let second = pod_stats(ctl, &filter).await.context("get pod stats")?;
+    let mut table = Table::new();
+    table.row(["POD", "POD ID", "CPU %", "MEM"]);
+    for s in &second {
+        let attrs = s.attributes.clone().unwrap_or_default();
+        let (cpu, now) = pod_cpu(s);
+        let mem = s
+            .linux
+            .as_ref()
+            .and_then(|l| l.memory.as_ref())
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        let mut percent = 0.0;
+        if cpu != 0
+            && let Some(old) = first
+                .iter()
+                .find(|o| o.attributes.as_ref().is_some_and(|x| x.id == attrs.id))
+        {
+            let (old_cpu, then) = pod_cpu(old);
+            if now == then {
+                bail!("cpu stat is not updated during sample");
+            }
+            percent = cpu.saturating_sub(old_cpu) as f64 / (now - then) as f64 * 100.0;
+        }
+        table.row([
+            attrs.metadata.map(|m| m.name).unwrap_or_default(),
+            truncate_id(&attrs.id, ""),
+            format!("{percent:.2}"),
+            human_size(mem as f64),
         ]);
     }
     out(&table.render())

@@ -11,6 +11,7 @@ pub mod image;
 pub mod mon;
 pub mod net;
 pub mod runtime;
+pub mod stats;
 
 use crate::store::{ContainerRecord, SandboxRecord, Store};
 use keelson_image::ImageStore;
@@ -65,6 +66,8 @@ pub struct Daemon {
     pub pod_cidr: Mutex<String>,
     /// The streaming server's waiting requests and URL base (Exec, Attach, PortForward).
     pub streams: crate::streaming::Streams,
+    /// The previous CPU sample of each container and pod (for `usage_nano_cores`).
+    pub cpu_samples: stats::CpuSamples,
 }
 
 /// Errors of daemon operations, mapped onto gRPC codes.
@@ -83,6 +86,8 @@ pub enum DaemonError {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -96,6 +101,7 @@ impl From<DaemonError> for tonic::Status {
             DaemonError::Unimplemented(_) => tonic::Status::unimplemented(msg),
             DaemonError::Precondition(_) => tonic::Status::failed_precondition(msg),
             DaemonError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(msg),
+            DaemonError::Unavailable(_) => tonic::Status::unavailable(msg),
             DaemonError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -168,6 +174,7 @@ impl Daemon {
             stopped: Mutex::new(std::collections::HashSet::new()),
             pod_cidr: Mutex::new(String::new()),
             streams: crate::streaming::Streams::default(),
+            cpu_samples: stats::CpuSamples::default(),
         }))
     }
 

@@ -1,5 +1,5 @@
 //! keelsond's side of a container's life on the host: creating it through its monitor,
-//! reading what the monitor recorded, exec through the OCI CLI, and cgroup usage.
+//! reading what the monitor recorded, and exec through the OCI CLI.
 
 use super::{DResult, Daemon, DaemonError, internal};
 use crate::monitor;
@@ -155,50 +155,5 @@ pub async fn exec_sync(
         stdout: out.stdout,
         stderr: out.stderr,
         exit_code: out.status.code().unwrap_or(255),
-    })
-}
-
-/// CPU time (ns), memory usage and working set (bytes) of a container's cgroup.
-pub fn cgroup_usage(root: &Path, id: &str) -> (Option<u64>, Option<u64>, Option<u64>) {
-    let Ok(state) = keelson_container::container::load(root, id) else {
-        return (None, None, None);
-    };
-    let mut cpu = None;
-    let mut usage = None;
-    let mut ws = None;
-    let read = |p: &Path| std::fs::read_to_string(p).ok();
-    for dir in &state.cgroups.dirs {
-        if dir.v2 {
-            if state.cgroups.unified {
-                if let Some(s) = read(&dir.path.join("cpu.stat")) {
-                    cpu = flat(&s, "usage_usec").map(|u| u * 1000);
-                }
-                usage = read(&dir.path.join("memory.current")).and_then(|s| s.trim().parse().ok());
-                let inactive = read(&dir.path.join("memory.stat"))
-                    .and_then(|s| flat(&s, "inactive_file"))
-                    .unwrap_or(0);
-                ws = usage.map(|u: u64| u.saturating_sub(inactive));
-            }
-            continue;
-        }
-        if dir.controllers.iter().any(|c| c == "cpuacct") {
-            cpu = read(&dir.path.join("cpuacct.usage")).and_then(|s| s.trim().parse().ok());
-        }
-        if dir.controllers.iter().any(|c| c == "memory") {
-            usage =
-                read(&dir.path.join("memory.usage_in_bytes")).and_then(|s| s.trim().parse().ok());
-            let inactive = read(&dir.path.join("memory.stat"))
-                .and_then(|s| flat(&s, "total_inactive_file"))
-                .unwrap_or(0);
-            ws = usage.map(|u: u64| u.saturating_sub(inactive));
-        }
-    }
-    (cpu, usage, ws)
-}
-
-fn flat(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok())?
     })
 }

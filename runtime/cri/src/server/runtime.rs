@@ -4,14 +4,16 @@ use super::{
     DResult, Daemon, DaemonError, blocking, internal, matches_labels, new_id, now_ns, wait_until,
 };
 use crate::sandbox::{self, InfraSpec};
-use crate::server::{mon, net};
+use crate::server::{mon, net, stats};
 use crate::spec;
 use crate::store::{ContainerRecord, SandboxRecord, SandboxState};
 use crate::streaming;
+use keelson_container::cgroups::{Cgroups, Layout};
 use keelson_proto::runtime::v1 as pb;
 use pb::runtime_service_server::RuntimeService;
 use prost::Message;
 use std::collections::HashMap;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,6 +260,7 @@ impl Runtime {
         .await?;
         self.d.drop_container(&r.id)?;
         self.d.forget_lock(&r.id);
+        self.d.cpu_samples.forget(&format!("ctr/{}", r.id));
         self.event(
             &r.id,
             &r.sandbox_id,
@@ -488,6 +491,7 @@ impl RuntimeService for Runtime {
         blocking(move || sandbox::remove(&infra).map_err(internal)).await?;
         self.d.drop_sandbox(&r.id)?;
         self.d.forget_lock(&r.id);
+        self.d.cpu_samples.forget(&format!("pod/{}", r.id));
         self.event(&r.id, &r.id, pb::ContainerEventType::ContainerDeletedEvent);
         Ok(Response::new(pb::RemovePodSandboxResponse {}))
     }
@@ -907,16 +911,40 @@ impl RuntimeService for Runtime {
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<pb::PodSandboxStatsRequest>,
+        req: Request<pb::PodSandboxStatsRequest>,
     ) -> Result<Response<pb::PodSandboxStatsResponse>, Status> {
-        Err(Status::unimplemented("PodSandboxStats: not built yet"))
+        let r = self.d.sandbox(&req.into_inner().pod_sandbox_id)?;
+        let stats = self.sandbox_stats(&r)?;
+        Ok(Response::new(pb::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<pb::ListPodSandboxStatsRequest>,
+        req: Request<pb::ListPodSandboxStatsRequest>,
     ) -> Result<Response<pb::ListPodSandboxStatsResponse>, Status> {
-        Err(Status::unimplemented("ListPodSandboxStats: not built yet"))
+        let f = req.into_inner().filter.unwrap_or_default();
+        let mut sandboxes = self.d.all_sandboxes();
+        sandboxes.sort_by_key(|s| s.created_at);
+        let mut stats = Vec::new();
+        for r in sandboxes {
+            if !f.id.is_empty() && !r.id.starts_with(&f.id) {
+                continue;
+            }
+            if !matches_labels(&sandbox_config(&r)?.labels, &f.label_selector) {
+                continue;
+            }
+            match self.sandbox_stats(&r) {
+                Ok(s) => stats.push(s),
+                // Like containerd: a pod that is not ready (or went away) is left out.
+                Err(DaemonError::Unavailable(m) | DaemonError::NotFound(m)) => {
+                    tracing::debug!(sandbox = %r.id, "no stats: {m}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(Response::new(pb::ListPodSandboxStatsResponse { stats }))
     }
 
     type StreamPodSandboxStatsStream = Stream<pb::StreamPodSandboxStatsResponse>;
@@ -991,7 +1019,8 @@ impl RuntimeService for Runtime {
             runtime_handlers: vec![pb::RuntimeHandler {
                 name: String::new(),
                 features: Some(pb::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
+                    recursive_read_only_mounts:
+                        keelson_container::idmap::recursive_readonly_supported(),
                     user_namespaces: false,
                 }),
             }],
@@ -1147,7 +1176,10 @@ impl Runtime {
     fn stats_of(&self, r: &ContainerRecord) -> DResult<pb::ContainerStats> {
         let cfg = container_config(r)?;
         let ts = now_ns();
-        let (cpu_ns, mem_usage, working_set) = mon::cgroup_usage(&self.d.cfg.engine_root(), &r.id);
+        let cg = keelson_container::container::load(&self.d.cfg.engine_root(), &r.id)
+            .ok()
+            .map(|s| s.cgroups);
+        let u = stats::usage_of(cg.as_ref());
         Ok(pb::ContainerStats {
             attributes: Some(pb::ContainerAttributes {
                 id: r.id.clone(),
@@ -1155,21 +1187,98 @@ impl Runtime {
                 labels: cfg.labels.clone(),
                 annotations: cfg.annotations.clone(),
             }),
-            cpu: cpu_ns.map(|v| pb::CpuUsage {
-                timestamp: ts,
-                usage_core_nano_seconds: Some(pb::UInt64Value { value: v }),
-                usage_nano_cores: None,
-                ..Default::default()
-            }),
-            memory: mem_usage.map(|u| pb::MemoryUsage {
-                timestamp: ts,
-                working_set_bytes: Some(pb::UInt64Value {
-                    value: working_set.unwrap_or(u),
-                }),
-                usage_bytes: Some(pb::UInt64Value { value: u }),
-                ..Default::default()
-            }),
+            cpu: stats::cpu(&self.d.cpu_samples, &format!("ctr/{}", r.id), &u, ts),
+            memory: stats::memory(&u, ts),
             ..Default::default()
+        })
+    }
+
+    /// One pod's stats (containerd's podSandboxStats): the pod cgroup's CPU and memory, the
+    /// netns's interfaces, the process count and the stats of its containers. A pod that is
+    /// not ready has none (UNAVAILABLE).
+    fn sandbox_stats(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStats> {
+        if r.state != SandboxState::Ready || !r.infra.alive() {
+            return Err(DaemonError::Unavailable(format!(
+                "failed to get pod sandbox stats since sandbox container {:?} is not in ready state",
+                r.id
+            )));
+        }
+        let cfg = sandbox_config(r)?;
+        let ts = now_ns();
+        let members: Vec<ContainerRecord> = self
+            .d
+            .all_containers()
+            .into_iter()
+            .filter(|c| c.sandbox_id == r.id)
+            .collect();
+        let member_cgroups: Vec<Cgroups> = members
+            .iter()
+            .filter_map(|c| {
+                keelson_container::container::load(&self.d.cfg.engine_root(), &c.id)
+                    .ok()
+                    .map(|s| s.cgroups)
+            })
+            .collect();
+        // The pod's cgroup is its cgroup_parent, which holds the sandbox and its containers
+        // (as containerd reads it). Without a parent they are siblings: their sum.
+        let parent = cfg
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.as_str())
+            .unwrap_or_default();
+        let u = if parent.is_empty() {
+            let mut u = stats::usage_of(r.infra.cgroups.as_ref());
+            for cg in &member_cgroups {
+                stats::add_usage(&mut u, &cg.usage());
+            }
+            u
+        } else {
+            Layout::discover()
+                .and_then(|l| l.resolve(Some(Path::new(parent)), &r.id))
+                .map_err(|e| internal(format!("the pod cgroup {parent}: {e}")))?
+                .usage()
+        };
+        let network = match &r.infra.netns {
+            Some(_) => Some(stats::network_of_pid(r.infra.pid, ts).map_err(|e| {
+                internal(format!(
+                    "failed to obtain network stats of sandbox {}: {e}",
+                    r.id
+                ))
+            })?),
+            None => None,
+        };
+        let mut containers = Vec::new();
+        for c in &members {
+            containers.push(self.stats_of(c)?);
+        }
+        // Like containerd: the processes of the containers (the infra process not counted).
+        let processes: u64 = member_cgroups
+            .iter()
+            .map(|cg| cg.usage().pids.unwrap_or(0))
+            .sum();
+        containers.sort_by(|a, b| {
+            let id = |s: &pb::ContainerStats| s.attributes.as_ref().map(|a| a.id.clone());
+            id(a).cmp(&id(b))
+        });
+        Ok(pb::PodSandboxStats {
+            attributes: Some(pb::PodSandboxAttributes {
+                id: r.id.clone(),
+                metadata: cfg.metadata.clone(),
+                labels: cfg.labels.clone(),
+                annotations: cfg.annotations.clone(),
+            }),
+            linux: Some(pb::LinuxPodSandboxStats {
+                cpu: stats::cpu(&self.d.cpu_samples, &format!("pod/{}", r.id), &u, ts),
+                memory: stats::memory(&u, ts),
+                network,
+                process: Some(pb::ProcessUsage {
+                    timestamp: ts,
+                    process_count: Some(pb::UInt64Value { value: processes }),
+                }),
+                containers,
+                io: None,
+            }),
+            windows: None,
         })
     }
 }
