@@ -29,6 +29,9 @@ cleanup() {
   [ -n "${KEELSOND_PID:-}" ] && kill "$KEELSOND_PID" && wait "$KEELSOND_PID" 2>/dev/null
   ip link del "$BRIDGE" 2>/dev/null
   echo "$FORWARD_BEFORE" > /proc/sys/net/ipv4/ip_forward
+  # The kubelet bind-mounts its root dir onto itself (rshared, for volume propagation) and
+  # mounts pod volumes below it.
+  grep -q " $W/kubelet " /proc/self/mountinfo && umount -R "$W/kubelet"
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -67,6 +70,7 @@ healthzPort: 10248
 EOF
 "$BIN/kubelet" --config "$W/kubelet.yaml" --root-dir "$W/kubelet" \
   --container-runtime-endpoint "unix://$W/keelsond.sock" --hostname-override keelson-example \
+  --cert-dir "$W/pki" --container-log-links-dir "$W/containers" \
   2>"$W/kubelet.log" &
 KUBELET_PID=$!
 
@@ -86,16 +90,20 @@ ip=$($CTL inspectp "$($CTL pods -q --name web | head -n1)" 2>/dev/null \
 if [ -n "$ip" ]; then
   echo; echo "== curl http://$ip:8080/"; curl -s --max-time 5 "http://$ip:8080/" || true
 fi
-echo; echo "== kubelet: curl http://127.0.0.1:10250/pods (phase per pod)"
-curl -s --max-time 5 http://127.0.0.1:10250/pods | python3 -c '
+echo; echo "== kubelet: curl -k https://127.0.0.1:10250/pods (phase per pod)"
+curl -sk --max-time 5 https://127.0.0.1:10250/pods | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["items"]:
-    print(p["metadata"]["name"], p["status"].get("phase"), p["status"].get("podIP", ""))' || true
+    st = p["status"]
+    ready = [c["status"] for c in st.get("conditions", []) if c["type"] == "Ready"]
+    restarts = sum(c.get("restartCount", 0) for c in st.get("containerStatuses", []))
+    print(p["metadata"]["name"], st.get("phase"), "Ready=" + "".join(ready),
+          "restarts=%d" % restarts, st.get("podIP", ""))' || true
 cat <<EOF
 
 The node runs. Look around:
   $CTL pods | ps -a | logs <container> | exec <container> ls /
-  curl http://127.0.0.1:10250/pods ; curl http://127.0.0.1:10248/healthz
+  curl -k https://127.0.0.1:10250/pods ; curl http://127.0.0.1:10248/healthz
   logs: $W/keelsond.log $W/kubelet.log $W/pods-logs/
 Ctrl-C stops the node and removes everything it made.
 EOF
