@@ -163,6 +163,7 @@ fn monitor(opts: &MonitorOptions, answer: OwnedFd, devnull: OwnedFd) -> i32 {
             drop(devnull);
             tracing::info!(init_pid = sup.init_pid, "container created; monitoring");
             trim_heap();
+            super::trim::drop_startup_pages();
             sup.run();
             0
         }

@@ -87,6 +87,7 @@ mod daemon;
 mod exit;
 mod pidfile;
 mod supervise;
+mod trim;
 
 pub use client::{Created, MonitorHandle, MonitorOptions, default_binary, reopen_log, spawn};
 pub use daemon::run_create;
