@@ -32,6 +32,16 @@ cleanup() {
   # The kubelet bind-mounts its root dir onto itself (rshared, for volume propagation) and
   # mounts pod volumes below it.
   grep -q " $W/kubelet " /proc/self/mountinfo && umount -R "$W/kubelet"
+  # The pods' cgroup root (cgroupRoot below) in every hierarchy, empty directories deepest
+  # first: keelsond removes the pods' own cgroups, the QoS levels above them stay.
+  while IFS=: read -r _ controllers path; do
+    case "$controllers" in
+      "") dir="/sys/fs/cgroup/unified$path" ;;
+      name=*) dir="/sys/fs/cgroup/${controllers#name=}$path" ;;
+      *) dir="/sys/fs/cgroup/$controllers$path" ;;
+    esac
+    [ -d "$dir/keelson-example" ] && find "$dir/keelson-example" -depth -type d -exec rmdir {} \; 2>/dev/null
+  done < /proc/self/cgroup
   rm -rf "$W"
 }
 trap cleanup EXIT
