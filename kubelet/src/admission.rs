@@ -6,7 +6,9 @@
 //! `NodeAffinity`, `NodePorts`) and the message `Pod was rejected: <why>`.
 
 use crate::quantity;
-use k8s_openapi::api::core::v1::{Container, NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{
+    Container, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec,
+};
 use std::collections::{BTreeMap, HashSet};
 
 /// Why a pod was not admitted.
@@ -75,17 +77,14 @@ fn max(a: (i64, i64, i64), b: (i64, i64, i64)) -> (i64, i64, i64) {
     (a.0.max(b.0), a.1.max(b.1), a.2.max(b.2))
 }
 
-/// A pod's effective requests, as upstream's `PodRequests`: the app containers plus the
-/// sidecars (init containers with `restartPolicy: Always`), or the largest regular init
-/// container plus the sidecars started before it, whichever is larger; plus the overhead.
-pub fn pod_requests(pod: &Pod) -> (i64, i64, i64) {
-    let Some(spec) = pod.spec.as_ref() else {
-        return (0, 0, 0);
-    };
+/// Sums a per-container figure over a pod as upstream's `PodRequests`/`PodLimits` do: the
+/// app containers plus the sidecars (init containers with `restartPolicy: Always`), or the
+/// largest regular init container plus the sidecars started before it, whichever is larger.
+fn aggregate(spec: &PodSpec, per: impl Fn(&Container) -> (i64, i64, i64)) -> (i64, i64, i64) {
     let mut sidecars = (0, 0, 0);
     let mut init_peak = (0, 0, 0);
     for c in spec.init_containers.iter().flatten() {
-        let r = container_requests(c);
+        let r = per(c);
         if c.restart_policy.as_deref() == Some("Always") {
             sidecars = add(sidecars, r);
             init_peak = max(init_peak, sidecars);
@@ -93,30 +92,83 @@ pub fn pod_requests(pod: &Pod) -> (i64, i64, i64) {
             init_peak = max(init_peak, add(sidecars, r));
         }
     }
-    let app = spec
-        .containers
-        .iter()
-        .map(container_requests)
-        .fold((0, 0, 0), add);
-    let mut total = max(add(app, sidecars), init_peak);
-    if let Some(o) = spec.overhead.as_ref() {
-        let q = |name: &str| o.get(name).map(|q| q.0.clone());
-        total = add(
-            total,
-            (
-                q("cpu")
-                    .and_then(|v| quantity::milli_cpu(&v).ok())
-                    .unwrap_or(0),
-                q("memory")
-                    .and_then(|v| quantity::bytes(&v).ok())
-                    .unwrap_or(0),
-                q("ephemeral-storage")
-                    .and_then(|v| quantity::bytes(&v).ok())
-                    .unwrap_or(0),
-            ),
-        );
+    let app = spec.containers.iter().map(&per).fold((0, 0, 0), add);
+    max(add(app, sidecars), init_peak)
+}
+
+/// The pod overhead (RuntimeClass): (cpu milli, memory, ephemeral-storage).
+fn overhead(spec: &PodSpec) -> (i64, i64, i64) {
+    let Some(o) = spec.overhead.as_ref() else {
+        return (0, 0, 0);
+    };
+    let q = |name: &str| o.get(name).map(|q| q.0.clone());
+    (
+        q("cpu")
+            .and_then(|v| quantity::milli_cpu(&v).ok())
+            .unwrap_or(0),
+        q("memory")
+            .and_then(|v| quantity::bytes(&v).ok())
+            .unwrap_or(0),
+        q("ephemeral-storage")
+            .and_then(|v| quantity::bytes(&v).ok())
+            .unwrap_or(0),
+    )
+}
+
+/// A pod's effective requests, as upstream's `PodRequests` (see [`aggregate`]), plus the
+/// overhead.
+pub fn pod_requests(pod: &Pod) -> (i64, i64, i64) {
+    let Some(spec) = pod.spec.as_ref() else {
+        return (0, 0, 0);
+    };
+    add(aggregate(spec, container_requests), overhead(spec))
+}
+
+/// A pod's limits as upstream's `PodLimits`: (cpu milli, memory bytes) summed like the
+/// requests, the overhead added to the limits that are set; and whether every container
+/// (init containers included) declares a cpu and a memory limit.
+pub fn pod_limits(pod: &Pod) -> PodLimits {
+    let Some(spec) = pod.spec.as_ref() else {
+        return PodLimits::default();
+    };
+    let limit = |c: &Container, name: &str| -> i64 {
+        let q = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|m| m.get(name));
+        q.and_then(|q| {
+            if name == "cpu" {
+                quantity::milli_cpu(&q.0).ok()
+            } else {
+                quantity::bytes(&q.0).ok()
+            }
+        })
+        .unwrap_or(0)
+    };
+    let all = || {
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+    };
+    let (cpu, memory, _) = aggregate(spec, |c| (limit(c, "cpu"), limit(c, "memory"), 0));
+    let o = overhead(spec);
+    PodLimits {
+        cpu_milli: if cpu > 0 { cpu + o.0 } else { 0 },
+        memory: if memory > 0 { memory + o.1 } else { 0 },
+        cpu_declared: all().all(|c| limit(c, "cpu") > 0),
+        memory_declared: all().all(|c| limit(c, "memory") > 0),
     }
-    total
+}
+
+/// See [`pod_limits`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PodLimits {
+    pub cpu_milli: i64,
+    pub memory: i64,
+    pub cpu_declared: bool,
+    pub memory_declared: bool,
 }
 
 fn insufficient(resource: &str, requested: i64, used: i64, capacity: i64) -> Rejection {

@@ -34,15 +34,16 @@ impl Dirs {
 }
 
 /// A cgroup mount: (v2?, controllers, mount point, root within the hierarchy).
-#[derive(Debug)]
-struct Mount {
-    v2: bool,
-    controllers: Vec<String>,
-    point: PathBuf,
-    root: String,
+#[derive(Debug, Clone)]
+pub struct Mount {
+    pub v2: bool,
+    /// The mount's super options (v1: its controllers, `name=...`, and the rest).
+    pub controllers: Vec<String>,
+    pub point: PathBuf,
+    pub root: String,
 }
 
-fn mounts() -> Vec<Mount> {
+pub fn mounts() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines() {

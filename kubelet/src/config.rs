@@ -104,6 +104,14 @@ struct FileConfig {
     authentication: Option<serde_json::Value>,
     authorization: Option<serde_json::Value>,
     container_log_monitor_interval: Option<String>,
+    #[serde(rename = "cpuCFSQuota")]
+    cpu_cfs_quota: Option<bool>,
+    #[serde(rename = "cpuCFSQuotaPeriod")]
+    cpu_cfs_quota_period: Option<String>,
+    pod_pids_limit: Option<i64>,
+    system_reserved: Option<BTreeMap<String, String>>,
+    kube_reserved: Option<BTreeMap<String, String>>,
+    enforce_node_allocatable: Option<Vec<String>>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
 }
@@ -146,9 +154,6 @@ const KNOWN_UNUSED: &[&str] = &[
     "runtimeRequestTimeout",
     "hairpinMode",
     "podCIDR",
-    "podPidsLimit",
-    "cpuCFSQuota",
-    "cpuCFSQuotaPeriod",
     "nodeStatusMaxImages",
     "maxOpenFiles",
     "contentType",
@@ -170,13 +175,10 @@ const KNOWN_UNUSED: &[&str] = &[
     "memorySwap",
     "containerLogMaxWorkers",
     "configMapAndSecretChangeDetectionStrategy",
-    "systemReserved",
-    "kubeReserved",
     "reservedSystemCPUs",
     "showHiddenMetricsForVersion",
     "systemReservedCgroup",
     "kubeReservedCgroup",
-    "enforceNodeAllocatable",
     "allowedUnsafeSysctls",
     "volumePluginDir",
     "providerID",
@@ -223,6 +225,17 @@ pub struct Config {
     pub read_only_port: u16,
     pub cgroup_root: String,
     pub cgroups_per_qos: bool,
+    /// cpuCFSQuota: container and pod cpu limits become CFS quotas.
+    pub cpu_cfs_quota: bool,
+    /// cpuCFSQuotaPeriod in microseconds (upstream's default 100ms).
+    pub cpu_cfs_period_us: u64,
+    /// podPidsLimit: pids.max of each pod cgroup when positive.
+    pub pod_pids_limit: i64,
+    /// systemReserved and kubeReserved added up, by resource name (cpu in millicores, the
+    /// rest in units).
+    pub reserved: BTreeMap<String, i64>,
+    /// enforceNodeAllocatable has "pods": the kubepods cgroup is limited to node allocatable.
+    pub enforce_pods_allocatable: bool,
     pub max_pods: usize,
     pub resolv_conf: PathBuf,
     pub cluster_dns: Vec<String>,
@@ -382,6 +395,84 @@ impl Config {
                 "cgroupRoot {cgroup_root:?} must not contain '..'"
             )));
         }
+        let cgroups_per_qos = file.cgroups_per_q_o_s.unwrap_or(true);
+        let cpu_cfs_quota_period = dur(
+            "cpuCFSQuotaPeriod",
+            &file.cpu_cfs_quota_period,
+            Duration::from_millis(100),
+        )?;
+        if cpu_cfs_quota_period < Duration::from_millis(1)
+            || cpu_cfs_quota_period > Duration::from_secs(1)
+        {
+            return Err(ConfigError::Value(format!(
+                "cpuCFSQuotaPeriod (--cpu-cfs-quota-period) {cpu_cfs_quota_period:?} must be \
+                 between 1ms and 1sec, inclusive"
+            )));
+        }
+        let pod_pids_limit = file.pod_pids_limit.unwrap_or(-1);
+        let mut reserved: BTreeMap<String, i64> = BTreeMap::new();
+        for (field, m) in [
+            ("systemReserved", &file.system_reserved),
+            ("kubeReserved", &file.kube_reserved),
+        ] {
+            for (k, v) in m.iter().flatten() {
+                let n = match k.as_str() {
+                    "cpu" => crate::quantity::milli_cpu(v),
+                    "memory" | "pid" | "ephemeral-storage" => crate::quantity::bytes(v),
+                    other if other.starts_with("hugepages-") => crate::quantity::bytes(v),
+                    other => {
+                        return Err(ConfigError::Value(format!(
+                            "{field}: unsupported resource {other:?} (cpu, memory, pid, \
+                             ephemeral-storage or hugepages-<size>)"
+                        )));
+                    }
+                }
+                .map_err(|e| ConfigError::Value(format!("{field}[{k}]: {e}")))?;
+                if n < 0 {
+                    return Err(ConfigError::Value(format!(
+                        "{field}[{k}]: {v:?} must not be negative"
+                    )));
+                }
+                *reserved.entry(k.clone()).or_default() += n;
+            }
+        }
+        let enforce = file
+            .enforce_node_allocatable
+            .clone()
+            .unwrap_or_else(|| vec!["pods".into()]);
+        if !cgroups_per_qos && !enforce.is_empty() {
+            return Err(ConfigError::Value(
+                "enforceNodeAllocatable (--enforce-node-allocatable) is not supported unless \
+                 cgroupsPerQOS (--cgroups-per-qos) feature is turned on"
+                    .into(),
+            ));
+        }
+        for v in &enforce {
+            match v.as_str() {
+                "pods" => {}
+                "none" if enforce.len() > 1 => {
+                    return Err(ConfigError::Value(
+                        "enforceNodeAllocatable (--enforce-node-allocatable) may not contain \
+                         additional enforcements when \"none\" is specified"
+                            .into(),
+                    ));
+                }
+                "none" => {}
+                "system-reserved" | "kube-reserved" => {
+                    return Err(ConfigError::Value(format!(
+                        "enforceNodeAllocatable {v:?} is not implemented yet (only \"pods\" and \
+                         \"none\")"
+                    )));
+                }
+                other => {
+                    return Err(ConfigError::Value(format!(
+                        "option {other:?} specified for enforceNodeAllocatable \
+                         (--enforce-node-allocatable). Valid options are \"pods\", \
+                         \"system-reserved\", \"kube-reserved\", or \"none\""
+                    )));
+                }
+            }
+        }
         let cluster_domain = file.cluster_domain.clone().unwrap_or_default();
         let container_log_max_size = file
             .container_log_max_size
@@ -449,7 +540,12 @@ impl Config {
             address: file.address.clone().unwrap_or_else(|| "0.0.0.0".into()),
             read_only_port: port("readOnlyPort", file.read_only_port.unwrap_or(0))?,
             cgroup_root,
-            cgroups_per_qos: file.cgroups_per_q_o_s.unwrap_or(true),
+            cgroups_per_qos,
+            cpu_cfs_quota: file.cpu_cfs_quota.unwrap_or(true),
+            cpu_cfs_period_us: cpu_cfs_quota_period.as_micros() as u64,
+            pod_pids_limit,
+            reserved,
+            enforce_pods_allocatable: enforce.iter().any(|v| v == "pods"),
             max_pods: max_pods as usize,
             resolv_conf: file
                 .resolv_conf
@@ -597,6 +693,16 @@ mod tests {
             ("containerLogMaxFiles: 1\n", "containerLogMaxFiles"),
             ("containerLogMaxSize: 1Zi\n", "containerLogMaxSize"),
             ("tlsCertFile: /x.crt\n", "together"),
+            ("cgroupsPerQOS: false\n", "enforceNodeAllocatable"),
+            ("enforceNodeAllocatable: [pods, none]\n", "may not contain"),
+            ("enforceNodeAllocatable: [nodes]\n", "Valid options"),
+            (
+                "enforceNodeAllocatable: [system-reserved]\n",
+                "not implemented",
+            ),
+            ("cpuCFSQuotaPeriod: 2s\n", "between 1ms and 1sec"),
+            ("systemReserved: {cpu: lots}\n", "systemReserved[cpu]"),
+            ("kubeReserved: {gpus: \"1\"}\n", "unsupported resource"),
         ] {
             let e = load_yaml(&format!("{head}{body}")).expect_err(body);
             assert!(e.to_string().contains(want), "{body}: {e}");

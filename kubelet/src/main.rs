@@ -18,6 +18,7 @@ mod metrics;
 mod podconfig;
 mod prober;
 mod probes;
+mod qos;
 mod quantity;
 mod server;
 mod source;
@@ -49,6 +50,8 @@ pub struct Shared {
     /// for the status sync to an apiserver later).
     pub pods: RwLock<BTreeMap<String, Pod>>,
     pub last_relist: Mutex<Instant>,
+    /// The QoS cgroup manager; None when cgroupsPerQOS is off.
+    pub qos: Option<qos::Qos>,
 }
 
 pub fn now_ns() -> i64 {
@@ -193,6 +196,15 @@ async fn run(cfg: config::Config) -> Result<()> {
         node = %cfg.node_name,
         "connected to the container runtime"
     );
+    // Upstream's container manager: the QoS hierarchy before any pod runs.
+    let qos = if cfg.cgroups_per_qos {
+        let q = qos::Qos::discover(&cfg.cgroup_root).context("the QoS cgroups")?;
+        q.start(&cfg)
+            .context("failed to start ContainerManager: creating the QoS cgroups")?;
+        Some(q)
+    } else {
+        None
+    };
     let healthz = if cfg.healthz_port > 0 {
         Some(
             bind(
@@ -224,6 +236,7 @@ async fn run(cfg: config::Config) -> Result<()> {
         cri,
         pods: RwLock::new(BTreeMap::new()),
         last_relist: Mutex::new(Instant::now()),
+        qos,
         cfg: cfg.clone(),
     });
     if let Some(l) = healthz {

@@ -31,6 +31,8 @@ pub struct Manager {
     sources_ready: bool,
     /// PLEG reports that came before the sources were ready (checked once they are).
     early: HashSet<String>,
+    /// A QoS cgroup housekeeping pass is running.
+    qos_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn same_pod(a: &Pod, b: &Pod) -> bool {
@@ -216,6 +218,38 @@ impl Manager {
         }
     }
 
+    /// Upstream's `UpdateQOSCgroups` and `cleanupOrphanedPodCgroups`: the Burstable class's
+    /// shares follow the active pods; pod cgroups of pods that neither a source nor a worker
+    /// knows are killed and removed. In the background; a pass still running skips this one.
+    fn qos_housekeeping(&self, known: &HashSet<String>) {
+        use std::sync::atomic::Ordering;
+        if self.sh.qos.is_none() || self.qos_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let sh = self.sh.clone();
+        let busy = self.qos_busy.clone();
+        let known = known.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(q) = sh.qos.as_ref() {
+                let active =
+                    crate::qos::active_pods(&sh.pods.read().unwrap_or_else(|p| p.into_inner()));
+                if let Err(e) = q.update(&active) {
+                    tracing::warn!(error = %e, "failed to update QoS cgroups");
+                }
+                for (uid, name) in q.pod_cgroups() {
+                    if known.contains(&uid) {
+                        continue;
+                    }
+                    tracing::info!(uid = %uid, cgroup = %name, "orphaned pod found, removing pod cgroups");
+                    if let Err(e) = q.destroy(&name) {
+                        tracing::warn!(uid = %uid, error = %e, "removing an orphaned pod cgroup");
+                    }
+                }
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
     fn worker_done(&mut self, uid: String) {
         self.workers.remove(&uid);
         if let Some(pod) = self.desired.get(&uid).cloned() {
@@ -239,6 +273,7 @@ pub async fn run(
         done_tx,
         sources_ready: false,
         early: HashSet::new(),
+        qos_busy: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     // Upstream's housekeeping period: orphaned pod directories are cleaned up.
     let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
@@ -254,6 +289,7 @@ pub async fn run(
                 if m.sources_ready {
                     let known: HashSet<String> =
                         m.desired.keys().chain(m.workers.keys()).cloned().collect();
+                    m.qos_housekeeping(&known);
                     crate::volumes::housekeeping(&m.sh, known).await;
                 }
             }

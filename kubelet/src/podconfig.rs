@@ -85,21 +85,26 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// The pod's cgroup parent: `<cgroupRoot>/kubepods[/burstable|/besteffort]/pod<uid>`.
-/// The QoS cgroups themselves are not configured (no cpu shares/memory limits on them) yet.
+/// The pod's cgroup (see [`crate::qos`]), its sandbox's cgroup parent:
+/// `<cgroupRoot>/kubepods[/burstable|/besteffort]/pod<uid>`; with cgroupsPerQOS off, as
+/// upstream, cgroupRoot itself for every pod.
 pub fn cgroup_parent(cfg: &Config, pod: &Pod) -> String {
     let (_, _, uid) = meta(pod);
     // "" and "/" are the root; a relative cgroupRoot (keelson's extension) is resolved by the
     // runtime below its own cgroup.
     let root = cfg.cgroup_root.trim_end_matches('/');
-    let mut parts: Vec<String> = Vec::new();
-    if cfg.cgroups_per_qos {
-        parts.push("kubepods".into());
-        match qos_class(spec(pod)) {
-            "Burstable" => parts.push("burstable".into()),
-            "BestEffort" => parts.push("besteffort".into()),
-            _ => {}
-        }
+    if !cfg.cgroups_per_qos {
+        return if root.is_empty() {
+            "/".into()
+        } else {
+            root.into()
+        };
+    }
+    let mut parts: Vec<String> = vec![crate::qos::KUBEPODS.into()];
+    match qos_class(spec(pod)) {
+        "Burstable" => parts.push(crate::qos::BURSTABLE.into()),
+        "BestEffort" => parts.push(crate::qos::BESTEFFORT.into()),
+        _ => {}
     }
     parts.push(format!("pod{uid}"));
     format!("{root}/{}", parts.join("/"))
@@ -443,17 +448,10 @@ pub fn env(
     Ok(out)
 }
 
-/// Upstream's `MilliCPUToShares`.
-pub fn milli_cpu_to_shares(m: i64) -> i64 {
-    if m == 0 {
-        return 2;
-    }
-    (m * 1024 / 1000).max(2)
-}
-
 /// Resources → LinuxContainerResources (cpu shares from requests, quota from limits, memory
 /// limit, OOM score as upstream's QoS policy).
 pub fn linux_resources(
+    cfg: &Config,
     pod: &Pod,
     c: &Container,
 ) -> Result<pb::LinuxContainerResources, ConfigError> {
@@ -477,12 +475,14 @@ pub fn linux_resources(
     let cpu_req = cpu_req.or(cpu_lim);
     let mem_req = mem_req.or(mem_lim);
     let mut r = pb::LinuxContainerResources {
-        cpu_shares: milli_cpu_to_shares(cpu_req.unwrap_or(0)),
+        cpu_shares: crate::qos::milli_cpu_to_shares(cpu_req.unwrap_or(0)) as i64,
         ..Default::default()
     };
-    if let Some(l) = cpu_lim {
-        r.cpu_period = 100_000;
-        r.cpu_quota = (l * 100_000 / 1000).max(1000);
+    if let Some(l) = cpu_lim
+        && cfg.cpu_cfs_quota
+    {
+        r.cpu_period = cfg.cpu_cfs_period_us as i64;
+        r.cpu_quota = crate::qos::milli_cpu_to_quota(l, cfg.cpu_cfs_period_us);
     }
     if let Some(l) = mem_lim {
         r.memory_limit_in_bytes = l;
@@ -543,6 +543,7 @@ fn security_context(pod: &Pod, c: &Container) -> pb::LinuxContainerSecurityConte
 
 /// What the runtime needs to create one container (attempt = restart count).
 pub fn container_config(
+    cfg: &Config,
     pod: &Pod,
     c: &Container,
     kind: &str,
@@ -631,7 +632,7 @@ pub fn container_config(
         stdin_once: c.stdin_once.unwrap_or(false),
         tty: c.tty.unwrap_or(false),
         linux: Some(pb::LinuxContainerConfig {
-            resources: Some(linux_resources(pod, c)?),
+            resources: Some(linux_resources(cfg, pod, c)?),
             security_context: Some(security_context(pod, c)),
         }),
         ..Default::default()
@@ -665,6 +666,14 @@ mod tests {
         assert_eq!(o, ["ndots:2", "edns0"]);
     }
 
+    fn test_cfg() -> Config {
+        Config::load(&crate::config::Flags {
+            container_runtime_endpoint: Some("unix:///run/x.sock".into()),
+            ..Default::default()
+        })
+        .expect("config")
+    }
+
     fn pod(y: &str) -> Pod {
         crate::source::decode(y).expect("pod")
     }
@@ -683,7 +692,7 @@ mod tests {
             "kind: Pod\napiVersion: v1\nmetadata: {name: a}\nspec:\n  containers: [{name: c, image: i, resources: {requests: {cpu: 100m}}}]\n",
         );
         assert_eq!(qos_class(spec(&b)), "Burstable");
-        let r = linux_resources(&g, &spec(&g).containers[0]).expect("res");
+        let r = linux_resources(&test_cfg(), &g, &spec(&g).containers[0]).expect("res");
         assert_eq!(r.cpu_shares, 102);
         assert_eq!(r.cpu_quota, 10_000);
         assert_eq!(r.memory_limit_in_bytes, 10 << 20);
@@ -701,7 +710,7 @@ mod tests {
             node_name: "n".into(),
         };
         let c = &spec(&p).containers[0];
-        let cc = container_config(&p, c, "app", 2, "i", &facts).expect("cc");
+        let cc = container_config(&test_cfg(), &p, c, "app", 2, "i", &facts).expect("cc");
         let env: Vec<_> = cc
             .envs
             .iter()

@@ -221,8 +221,11 @@ impl Worker {
             if let Err(e) = crate::volumes::teardown_volumes(&self.sh.cfg.root_dir, &self.uid) {
                 tracing::warn!(error = %e, "unmounting the volumes of a terminated pod");
             }
+            // Upstream's SyncTerminatedPod: the pod cgroup goes once nothing runs.
+            self.destroy_pod_cgroup().await;
             return Ok(());
         }
+        self.ensure_pod_cgroup()?;
         if !self.setup_volumes(&rt) {
             return Ok(());
         }
@@ -632,32 +635,34 @@ impl Worker {
         } else {
             sandbox.ips.clone()
         };
-        let mut config =
-            match podconfig::container_config(&self.pod, c, kind, restart_count, &image, &facts)
-                .and_then(|mut cfg| {
-                    cfg.mounts = crate::volumes::container_mounts(
-                        &self.sh.cfg,
-                        &self.pod,
-                        c,
-                        &pod_ips,
-                        &cfg.envs,
-                    )?;
-                    Ok(cfg)
-                }) {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    tracing::warn!(container = %c.name, error = %e, "CreateContainerConfigError");
-                    self.reasons.insert(
-                        c.name.clone(),
-                        Reason {
-                            reason: "CreateContainerConfigError".into(),
-                            message: e.to_string(),
-                        },
-                    );
-                    self.wake_in(Duration::from_secs(10));
-                    return Ok(());
-                }
-            };
+        let mut config = match podconfig::container_config(
+            &self.sh.cfg,
+            &self.pod,
+            c,
+            kind,
+            restart_count,
+            &image,
+            &facts,
+        )
+        .and_then(|mut cfg| {
+            cfg.mounts =
+                crate::volumes::container_mounts(&self.sh.cfg, &self.pod, c, &pod_ips, &cfg.envs)?;
+            Ok(cfg)
+        }) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                tracing::warn!(container = %c.name, error = %e, "CreateContainerConfigError");
+                self.reasons.insert(
+                    c.name.clone(),
+                    Reason {
+                        reason: "CreateContainerConfigError".into(),
+                        message: e.to_string(),
+                    },
+                );
+                self.wake_in(Duration::from_secs(10));
+                return Ok(());
+            }
+        };
         if let Some(path) = c
             .termination_message_path
             .as_deref()
@@ -759,6 +764,55 @@ impl Worker {
         Ok(())
     }
 
+    /// Upstream's syncPod step before the sandbox: the pod cgroup below its QoS class's
+    /// cgroup, created once with the pod's resources (the Burstable class's shares updated
+    /// first, to count the new pod).
+    fn ensure_pod_cgroup(&self) -> SyncResult {
+        let Some(q) = &self.sh.qos else {
+            return Ok(());
+        };
+        let name = podconfig::cgroup_parent(&self.sh.cfg, &self.pod);
+        if q.exists(&name) {
+            return Ok(());
+        }
+        let active =
+            crate::qos::active_pods(&self.sh.pods.read().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = q.update(&active) {
+            tracing::warn!(error = %e, "failed to update QoS cgroups while syncing pod");
+        }
+        let res = crate::qos::pod_resources(&self.sh.cfg, &self.pod);
+        q.create(&name, &res).map_err(|e| {
+            tonic::Status::internal(format!(
+                "failed to ensure that the pod: {} cgroups exist and are correctly applied: {e}",
+                self.uid
+            ))
+        })?;
+        tracing::debug!(cgroup = %name, resources = ?res, "pod cgroup created");
+        Ok(())
+    }
+
+    /// Kills what is left in the pod's cgroup and removes it (found by UID, so an orphan
+    /// without a spec loses its cgroup too).
+    async fn destroy_pod_cgroup(&self) {
+        if self.sh.qos.is_none() {
+            return;
+        }
+        let sh = self.sh.clone();
+        let uid = self.uid.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let q = sh.qos.as_ref()?;
+            let name = q.pod_cgroups().remove(&uid)?;
+            Some(q.destroy(&name).map(|()| name))
+        })
+        .await;
+        match r {
+            Ok(Some(Ok(name))) => tracing::debug!(cgroup = %name, "pod cgroup removed"),
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "removing the pod cgroup"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "removing the pod cgroup"),
+        }
+    }
+
     fn grace(&self) -> i64 {
         spec(&self.pod)
             .termination_grace_period_seconds
@@ -841,6 +895,7 @@ impl Worker {
         }
         crate::volumes::cleanup_pod(&self.sh.cfg.root_dir, &self.uid)
             .map_err(tonic::Status::internal)?;
+        self.destroy_pod_cgroup().await;
         Ok(())
     }
 }

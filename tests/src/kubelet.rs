@@ -16,6 +16,7 @@
 
 use crate::cri::Keelsond;
 use crate::runtime::built_binary;
+use keelson_proto::runtime::v1 as pb;
 use serde_json::Value;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -141,6 +142,11 @@ impl Kubelet {
     }
 
     /// The pid whose mount namespace the kubelet runs in (for `nsenter --mount`).
+    /// The relative `cgroupRoot` the fixture gave the kubelet, if it named one.
+    pub fn cgroup_root(&self) -> Option<&str> {
+        self.owned_cgroup_root.as_deref()
+    }
+
     pub fn mount_ns_pid(&self) -> u32 {
         self.mount_ns_pid
     }
@@ -512,4 +518,131 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// A kubelet on a private keelsond, with a local registry holding the busybox test image: the
+/// setup every kubelet e2e test shares. Fields drop in order: the kubelet first (so it
+/// recreates nothing), then keelsond (removes every pod and what it left), then the registry.
+pub struct Stack {
+    pub kl: Kubelet,
+    pub k: Keelsond,
+    pub reg: crate::registry::Registry,
+    /// The busybox image's reference in the registry.
+    pub image: String,
+}
+
+/// How long the stack's waits last.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+impl Stack {
+    /// Registry, keelsond (`hint` names its dirs) and a kubelet on it; panics when one of
+    /// them does not come up.
+    pub fn start(hint: &str) -> Stack {
+        Stack::start_with(hint, "")
+    }
+
+    /// [`Stack::start`] with more KubeletConfiguration lines (YAML).
+    pub fn start_with(hint: &str, extra_config: &str) -> Stack {
+        let (reg, image) = crate::cri::registry_with_busybox("1");
+        let k = Keelsond::start(hint).expect("keelsond");
+        let kl = Kubelet::start_with(&k, extra_config).expect("kubelet");
+        Stack { kl, k, reg, image }
+    }
+
+    /// Waits until pod `pod` satisfies `pred`; panics with the logs' tails otherwise.
+    pub fn wait(&self, pod: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.kl.wait_pod(pod, WAIT, pred).unwrap_or_else(|m| {
+            panic!(
+                "waiting for {what}: {m}\n--- keelsond ---\n{}",
+                tail(&self.k.log(), 30)
+            )
+        })
+    }
+
+    /// Waits until `f` holds; panics with the kubelet's log tail otherwise.
+    pub fn wait_until(&self, what: &str, f: impl Fn() -> bool) {
+        let end = Instant::now() + WAIT;
+        while !f() {
+            assert!(
+                Instant::now() < end,
+                "{what}\n--- kubelet ---\n{}",
+                tail(&self.kl.log(), 60)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The sandboxes keelsond has for pod UID `uid`.
+    pub fn sandboxes_of(&self, uid: &str) -> Vec<pb::PodSandbox> {
+        self.k
+            .block_on(async {
+                let mut c = self.k.runtime().await?;
+                c.list_pod_sandbox(pb::ListPodSandboxRequest {
+                    filter: Some(pb::PodSandboxFilter {
+                        label_selector: uid_label(uid),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map(|r| r.into_inner().items)
+            })
+            .expect("ListPodSandbox")
+    }
+
+    /// The containers keelsond has for pod UID `uid`.
+    pub fn containers_of(&self, uid: &str) -> Vec<pb::Container> {
+        self.k
+            .block_on(async {
+                let mut c = self.k.runtime().await?;
+                c.list_containers(pb::ListContainersRequest {
+                    filter: Some(pb::ContainerFilter {
+                        label_selector: uid_label(uid),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map(|r| r.into_inner().containers)
+            })
+            .expect("ListContainers")
+    }
+
+    /// Runs `sh -c script` in container `container_id` (CRI ExecSync, 20 s timeout).
+    pub fn exec(&self, container_id: &str, script: &str) -> pb::ExecSyncResponse {
+        self.k
+            .block_on(async {
+                let mut c = self.k.runtime().await?;
+                c.exec_sync(pb::ExecSyncRequest {
+                    container_id: container_id.to_string(),
+                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    timeout: 20,
+                })
+                .await
+                .map(|r| r.into_inner())
+            })
+            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
+    }
+}
+
+fn uid_label(uid: &str) -> std::collections::HashMap<String, String> {
+    std::collections::HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())])
+}
+
+/// `status.phase` of a pod from /pods.
+pub fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// `metadata.uid` of a pod from /pods.
+pub fn uid(p: &Value) -> String {
+    p["metadata"]["uid"].as_str().unwrap_or("").to_string()
+}
+
+/// The runtime's id of container `name` of a pod from /pods (`containerID` without the
+/// `<runtime>://` prefix); empty when it has none.
+pub fn container_id(p: &Value, name: &str) -> String {
+    container_status(p, name)
+        .and_then(|c| c["containerID"].as_str())
+        .and_then(|s| s.split_once("://"))
+        .map(|(_, id)| id.to_string())
+        .unwrap_or_default()
 }
