@@ -192,7 +192,14 @@ fn threshold(value: Option<&String>, default: &str, capacity: i64) -> i64 {
     }
 }
 
-fn compute_allocatable(root: &Path, eviction: &BTreeMap<String, String>) -> Allocatable {
+/// Node allocatable as upstream: capacity minus systemReserved and kubeReserved (`reserved`)
+/// minus the hard eviction thresholds.
+fn compute_allocatable(
+    root: &Path,
+    eviction: &BTreeMap<String, String>,
+    reserved: &BTreeMap<String, i64>,
+) -> Allocatable {
+    let res = |name: &str| reserved.get(name).copied().unwrap_or(0);
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as i64)
         .unwrap_or(1);
@@ -210,16 +217,26 @@ fn compute_allocatable(root: &Path, eviction: &BTreeMap<String, String>) -> Allo
         .map(|s| s.blocks() as i64 * s.fragment_size() as i64)
         .unwrap_or(0);
     Allocatable {
-        cpu_milli: cpus * 1000,
-        memory: (mem_total - threshold(eviction.get("memory.available"), "100Mi", mem_total))
-            .max(0),
-        ephemeral_storage: (disk - threshold(eviction.get("nodefs.available"), "10%", disk)).max(0),
+        cpu_milli: (cpus * 1000 - res("cpu")).max(0),
+        memory: (mem_total
+            - res("memory")
+            - threshold(eviction.get("memory.available"), "100Mi", mem_total))
+        .max(0),
+        ephemeral_storage: (disk
+            - res("ephemeral-storage")
+            - threshold(eviction.get("nodefs.available"), "10%", disk))
+        .max(0),
     }
 }
 
 pub fn allocatable() -> Allocatable {
-    *ALLOCATABLE
-        .get_or_init(|| compute_allocatable(Path::new("/var/lib/kubelet"), &BTreeMap::new()))
+    *ALLOCATABLE.get_or_init(|| {
+        compute_allocatable(
+            Path::new("/var/lib/kubelet"),
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+    })
 }
 
 /// Upstream's `MakeRShared` of the root dir: mount propagation (HostToContainer,
@@ -261,7 +278,7 @@ pub fn init(cfg: &Config) -> Result<(), String> {
     let pods = pods_dir(&cfg.root_dir);
     fs::create_dir_all(&pods).map_err(|e| format!("creating {}: {e}", pods.display()))?;
     make_rshared(&cfg.root_dir).map_err(|e| format!("error configuring root directory: {e}"))?;
-    let a = compute_allocatable(&cfg.root_dir, &cfg.eviction_hard);
+    let a = compute_allocatable(&cfg.root_dir, &cfg.eviction_hard, &cfg.reserved);
     let _ = ALLOCATABLE.set(a);
     tracing::debug!(?a, "node allocatable");
     Ok(())
@@ -1506,6 +1523,20 @@ pub async fn housekeeping(sh: &Arc<Shared>, known: HashSet<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocatable_subtracts_reservations_and_eviction() {
+        let root = Path::new("/");
+        let none = compute_allocatable(root, &BTreeMap::new(), &BTreeMap::new());
+        let reserved: BTreeMap<String, i64> =
+            [("cpu".to_string(), 300), ("memory".to_string(), 50 << 20)]
+                .into_iter()
+                .collect();
+        let r = compute_allocatable(root, &BTreeMap::new(), &reserved);
+        assert_eq!(r.cpu_milli, none.cpu_milli - 300);
+        assert_eq!(r.memory, none.memory - (50 << 20));
+        assert_eq!(r.ephemeral_storage, none.ephemeral_storage);
+    }
 
     #[test]
     fn mountinfo_lines() {
