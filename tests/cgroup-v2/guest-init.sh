@@ -14,6 +14,8 @@ mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/tmp
+# Loopback up: tests talk to local servers (a registry, the kubelet) on 127.0.0.1.
+ip link set lo up 2>/dev/null || true
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mkdir -p /tmp/share

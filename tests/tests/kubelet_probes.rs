@@ -5,10 +5,9 @@
 //! `host: 127.0.0.1`).
 
 use keelson_proto::runtime::v1 as pb;
-use keelson_tests::cri::Keelsond;
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::kubelet::{Kubelet, condition, container_status, tail};
-use keelson_tests::registry::Registry;
+use keelson_tests::kubelet::{
+    Stack as Env, WAIT, condition, container_id, container_status, phase, tail,
+};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -16,70 +15,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Drop order: the kubelet first, then keelsond (removes every pod), then the registry.
-struct Env {
-    kl: Kubelet,
-    k: Keelsond,
-    _reg: Registry,
-    image: String,
-}
-
 fn env(hint: &str) -> Env {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, "1").expect("image");
-    reg.push_layout(layout.path(), "1", "kt/busybox", &[])
-        .expect("push");
-    let image = format!("{}/kt/busybox:1", reg.addr());
-    let k = Keelsond::start(hint).expect("keelsond");
-    let kl = Kubelet::start(&k).expect("kubelet");
-    Env {
-        kl,
-        k,
-        _reg: reg,
-        image,
-    }
+    Env::start(hint)
 }
 
-impl Env {
-    fn wait(&self, pod: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.kl.wait_pod(pod, WAIT, pred).unwrap_or_else(|m| {
-            panic!(
-                "waiting for {what}: {m}\n--- keelsond ---\n{}",
-                tail(&self.k.log(), 30)
-            )
-        })
-    }
-
+/// This file's helpers on the shared stack.
+trait ProbeEnv {
     /// Runs `sh -c script` in the current instance of container `name` of `pod`.
-    fn exec(&self, pod: &str, name: &str, script: &str) -> pb::ExecSyncResponse {
+    fn exec_in(&self, pod: &str, name: &str, script: &str) -> pb::ExecSyncResponse;
+    /// [`ProbeEnv::exec_in`] that must exit 0.
+    fn run(&self, pod: &str, name: &str, script: &str);
+    /// The log of instance `restart` of container `name` (CRI format).
+    fn container_log(&self, pod: &Value, name: &str, restart: u32) -> String;
+}
+
+impl ProbeEnv for Env {
+    fn exec_in(&self, pod: &str, name: &str, script: &str) -> pb::ExecSyncResponse {
         let p = self.kl.pod(pod).expect("pod listed");
-        let id = container_status(&p, name).expect("status")["containerID"]
-            .as_str()
-            .and_then(|s| s.split_once("://"))
-            .map(|(_, id)| id.to_string())
-            .expect("container id");
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.exec_sync(pb::ExecSyncRequest {
-                    container_id: id,
-                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                    timeout: 10,
-                })
-                .await
-                .map(|r| r.into_inner())
-            })
-            .unwrap_or_else(|e| panic!("ExecSync {script:?} in {pod}/{name}: {e}"))
+        let id = container_id(&p, name);
+        assert!(!id.is_empty(), "{pod}/{name} has no container id");
+        self.exec(&id, script)
     }
 
-    /// [`Env::exec`] that must exit 0.
     fn run(&self, pod: &str, name: &str, script: &str) {
-        let r = self.exec(pod, name, script);
+        let r = self.exec_in(pod, name, script);
         assert_eq!(
             r.exit_code,
             0,
@@ -89,7 +48,6 @@ impl Env {
         );
     }
 
-    /// The log of instance `restart` of container `name` (CRI format).
     fn container_log(&self, pod: &Value, name: &str, restart: u32) -> String {
         let dir = format!(
             "default_{}_{}",
@@ -105,10 +63,6 @@ impl Env {
         )
         .unwrap_or_default()
     }
-}
-
-fn phase(p: &Value) -> &str {
-    p["status"]["phase"].as_str().unwrap_or("")
 }
 
 fn cs<'a>(p: &'a Value, name: &str) -> &'a Value {
@@ -294,7 +248,7 @@ spec:
     assert_eq!(cs(&p, "web")["ready"], false);
     let end = std::time::Instant::now() + WAIT;
     loop {
-        let out = e.exec("probed", "web", "/bin/busybox wc -l < /tmp/startup-runs");
+        let out = e.exec_in("probed", "web", "/bin/busybox wc -l < /tmp/startup-runs");
         let n: usize = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -305,7 +259,7 @@ spec:
         assert!(std::time::Instant::now() < end, "startup probe not running");
         std::thread::sleep(Duration::from_millis(300));
     }
-    let out = e.exec("probed", "web", "test -f /tmp/liveness-runs");
+    let out = e.exec_in("probed", "web", "test -f /tmp/liveness-runs");
     assert_ne!(
         out.exit_code, 0,
         "the liveness probe ran before the startup probe succeeded"
@@ -334,7 +288,7 @@ spec:
     assert_eq!(restarts(&p, "web"), 0);
     // The liveness probe runs now that the container started.
     assert_eq!(
-        e.exec("probed", "web", "test -f /tmp/liveness-runs")
+        e.exec_in("probed", "web", "test -f /tmp/liveness-runs")
             .exit_code,
         0
     );

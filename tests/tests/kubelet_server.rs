@@ -4,10 +4,9 @@
 //! `/run`, `/exec` over WebSocket through the kubelet's proxy, the /var/log/containers links
 //! and log rotation.
 
-use keelson_tests::cri::Keelsond;
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::kubelet::{Kubelet, NODE, container_status, kubelet_binary, tail};
-use keelson_tests::registry::Registry;
+use keelson_tests::kubelet::{
+    Kubelet, NODE, Stack as Env, WAIT, container_status, kubelet_binary, tail,
+};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,33 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Drop order: the kubelet, then keelsond (removes every pod), then the registry.
-struct Env {
-    kl: Kubelet,
-    _k: Keelsond,
-    _reg: Registry,
-    image: String,
-}
-
 fn env(hint: &str, extra_config: &str) -> Env {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, "1").expect("image");
-    reg.push_layout(layout.path(), "1", "kt/busybox", &[])
-        .expect("push");
-    let image = format!("{}/kt/busybox:1", reg.addr());
-    let k = Keelsond::start(hint).expect("keelsond");
-    let kl = Kubelet::start_with(&k, extra_config).expect("kubelet");
-    Env {
-        kl,
-        _k: k,
-        _reg: reg,
-        image,
-    }
+    Env::start_with(hint, extra_config)
 }
 
 fn get_json(kl: &Kubelet, path: &str) -> Value {

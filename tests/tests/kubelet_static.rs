@@ -2,51 +2,21 @@
 //! (CNI bridge network, real containers from a local registry's busybox image), manifests
 //! dropped into its static pod directory, statuses read from its `/pods`.
 
-use keelson_proto::runtime::v1 as pb;
-use keelson_tests::cri::Keelsond;
-use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::kubelet::{Kubelet, condition, container_status, kubelet_binary, tail};
-use keelson_tests::registry::Registry;
+use keelson_tests::kubelet::{
+    Kubelet, Stack as Env, WAIT, condition, container_status, kubelet_binary, phase, tail, uid,
+};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Drop order: the kubelet first (so it recreates nothing), then keelsond (removes every pod
-/// and what it left), then the registry.
-struct Env {
-    kl: Kubelet,
-    k: Keelsond,
-    _reg: Registry,
-    image: String,
-}
-
 fn env(hint: &str) -> Env {
-    let reg = Registry::start().expect("registry");
-    let layer = LayerBuilder::busybox_base().expect("busybox").finish();
-    let spec = ImageSpec::new(vec![(layer, Compression::Gzip)]);
-    let mut layout = Layout::new().expect("layout");
-    layout.add_tagged(&spec, "1").expect("image");
-    reg.push_layout(layout.path(), "1", "kt/busybox", &[])
-        .expect("push");
-    let image = format!("{}/kt/busybox:1", reg.addr());
-    let k = Keelsond::start(hint).expect("keelsond");
-    let kl = Kubelet::start(&k).expect("kubelet");
-    Env {
-        kl,
-        k,
-        _reg: reg,
-        image,
-    }
+    Env::start(hint)
 }
 
-impl Env {
-    /// A one-container pod running `script` with `sh -c`.
-    fn simple_pod(&self, name: &str, policy: &str, script: &str) -> String {
-        format!(
-            r#"apiVersion: v1
+/// A one-container pod running `script` with `sh -c`.
+fn simple_pod(e: &Env, name: &str, policy: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
@@ -59,56 +29,8 @@ spec:
     image: {image}
     command: ["/bin/sh", "-c", {script:?}]
 "#,
-            image = self.image
-        )
-    }
-
-    /// Sandboxes keelsond has for a pod UID.
-    fn sandboxes_of(&self, uid: &str) -> Vec<pb::PodSandbox> {
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.list_pod_sandbox(pb::ListPodSandboxRequest {
-                    filter: Some(pb::PodSandboxFilter {
-                        label_selector: HashMap::from([(
-                            "io.kubernetes.pod.uid".to_string(),
-                            uid.to_string(),
-                        )]),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner().items)
-            })
-            .expect("ListPodSandbox")
-    }
-
-    fn containers_of(&self, uid: &str) -> Vec<pb::Container> {
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.list_containers(pb::ListContainersRequest {
-                    filter: Some(pb::ContainerFilter {
-                        label_selector: HashMap::from([(
-                            "io.kubernetes.pod.uid".to_string(),
-                            uid.to_string(),
-                        )]),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner().containers)
-            })
-            .expect("ListContainers")
-    }
-}
-
-fn phase(p: &Value) -> &str {
-    p["status"]["phase"].as_str().unwrap_or("")
-}
-
-fn uid(p: &Value) -> String {
-    p["metadata"]["uid"].as_str().unwrap_or("").to_string()
+        image = e.image
+    )
 }
 
 #[test]
@@ -237,7 +159,7 @@ fn never_policy_container_exiting_1_fails_the_pod() {
     let e = env("kl-fail");
     e.kl.write_manifest(
         "fail.yaml",
-        &e.simple_pod("fail", "Never", "echo bye; exit 1"),
+        &simple_pod(&e, "fail", "Never", "echo bye; exit 1"),
     )
     .expect("manifest");
     let p =
@@ -264,7 +186,7 @@ fn never_policy_container_exiting_1_fails_the_pod() {
 #[test]
 fn always_policy_crash_goes_into_crash_loop_back_off() {
     let e = env("kl-crash");
-    e.kl.write_manifest("crash.yaml", &e.simple_pod("crash", "Always", "exit 1"))
+    e.kl.write_manifest("crash.yaml", &simple_pod(&e, "crash", "Always", "exit 1"))
         .expect("manifest");
     let p =
         e.kl.wait_pod("crash", WAIT, |p| {
@@ -292,7 +214,8 @@ fn removing_the_manifest_removes_the_pod() {
     let e = env("kl-rm");
     e.kl.write_manifest(
         "gone.yaml",
-        &e.simple_pod(
+        &simple_pod(
+            &e,
             "gone",
             "Always",
             "trap 'exit 0' TERM; while true; do /bin/busybox sleep 1; done",
@@ -329,15 +252,18 @@ fn invalid_manifests_are_reported_and_others_run() {
     .expect("w");
     e.kl.write_manifest(
         "unknown.yaml",
-        &e.simple_pod("unknown", "Always", "true")
+        &simple_pod(&e, "unknown", "Always", "true")
             .replace("  restartPolicy:", "  notAField: 1\n  restartPolicy:"),
     )
     .expect("w");
-    e.kl.write_manifest("badname.yaml", &e.simple_pod("Bad_Name", "Always", "true"))
-        .expect("w");
+    e.kl.write_manifest(
+        "badname.yaml",
+        &simple_pod(&e, "Bad_Name", "Always", "true"),
+    )
+    .expect("w");
     e.kl.write_manifest(
         "good.yaml",
-        &e.simple_pod("good", "Always", "exec /bin/busybox sleep 1000"),
+        &simple_pod(&e, "good", "Always", "exec /bin/busybox sleep 1000"),
     )
     .expect("w");
     e.kl.wait_pod("good", WAIT, |p| phase(p) == "Running")
@@ -368,7 +294,7 @@ fn kubelet_restart_keeps_running_containers() {
     let mut e = env("kl-restart");
     let manifest = format!(
         "{}  initContainers:\n  - name: init\n    image: {}\n    command: [\"/bin/sh\", \"-c\", \"true\"]\n",
-        e.simple_pod("keep", "Always", "exec /bin/busybox sleep 1000"),
+        simple_pod(&e, "keep", "Always", "exec /bin/busybox sleep 1000"),
         e.image
     );
     e.kl.write_manifest("keep.yaml", &manifest)
@@ -416,8 +342,7 @@ fn kubelet_restart_keeps_running_containers() {
 #[test]
 fn missing_image_is_err_image_pull_then_back_off() {
     let e = env("kl-pull");
-    let manifest = e
-        .simple_pod("nopull", "Always", "true")
+    let manifest = simple_pod(&e, "nopull", "Always", "true")
         .replace(&e.image, &e.image.replace("kt/busybox:1", "kt/missing:1"));
     e.kl.write_manifest("nopull.yaml", &manifest)
         .expect("manifest");
@@ -473,7 +398,7 @@ fn invalid_configuration_exits_with_a_one_line_reason() {
 #[test]
 fn changed_manifest_replaces_the_pod_and_orphans_go_after_a_restart() {
     let mut e = env("kl-upd");
-    let v1 = e.simple_pod("upd", "Always", "echo v1; exec /bin/busybox sleep 1000");
+    let v1 = simple_pod(&e, "upd", "Always", "echo v1; exec /bin/busybox sleep 1000");
     e.kl.write_manifest("upd.yaml", &v1).expect("manifest");
     let first =
         e.kl.wait_pod("upd", WAIT, |p| phase(p) == "Running")
@@ -517,7 +442,7 @@ fn changed_manifest_replaces_the_pod_and_orphans_go_after_a_restart() {
 fn admission_rejects_pods_that_do_not_fit_the_node() {
     let e = env("kl-admit");
     let with = |name: &str, extra: &str| {
-        e.simple_pod(name, "Always", "exec /bin/busybox sleep 1000")
+        simple_pod(&e, name, "Always", "exec /bin/busybox sleep 1000")
             .replace("  restartPolicy:", &format!("{extra}  restartPolicy:"))
     };
     e.kl.write_manifest(

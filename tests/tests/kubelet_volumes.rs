@@ -3,45 +3,15 @@
 //! node has is read below the kubelet's root dir and in its mount table.
 
 use keelson_proto::runtime::v1 as pb;
-use keelson_tests::cri::{Keelsond, registry_with_busybox};
-use keelson_tests::kubelet::{Kubelet, condition, container_status, tail};
-use keelson_tests::registry::Registry;
+use keelson_tests::kubelet::{Stack as Env, WAIT, condition, container_status, phase, tail, uid};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(90);
-
-/// Drop order: the kubelet first (kill -9, its mounts undone), then keelsond, then the registry.
-struct Env {
-    kl: Kubelet,
-    k: Keelsond,
-    _reg: Registry,
-    image: String,
-}
 
 fn env(hint: &str) -> Env {
-    let (reg, image) = registry_with_busybox("1");
-    let k = Keelsond::start(hint).expect("keelsond");
-    let kl = Kubelet::start(&k).expect("kubelet");
-    Env {
-        kl,
-        k,
-        _reg: reg,
-        image,
-    }
-}
-
-fn uid(p: &Value) -> String {
-    p["metadata"]["uid"].as_str().unwrap_or("").to_string()
-}
-
-fn phase(p: &Value) -> &str {
-    p["status"]["phase"].as_str().unwrap_or("")
+    Env::start(hint)
 }
 
 fn running(p: &Value, name: &str) -> bool {
@@ -70,22 +40,22 @@ fn cid(p: &Value, name: &str) -> String {
         .to_string()
 }
 
-impl Env {
+/// This file's helpers on the shared stack.
+trait VolumeEnv {
     /// Runs `script` with `sh -c` in a container: (exit code, stdout, stderr).
-    fn exec(&self, container_id: &str, script: &str) -> (i32, String, String) {
-        let r = self
-            .k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.exec_sync(pb::ExecSyncRequest {
-                    container_id: container_id.to_string(),
-                    cmd: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                    timeout: 20,
-                })
-                .await
-                .map(|r| r.into_inner())
-            })
-            .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"));
+    fn sh(&self, container_id: &str, script: &str) -> (i32, String, String);
+    /// stdout of `script`, which must succeed.
+    fn out(&self, container_id: &str, script: &str) -> String;
+    fn pods_dir(&self) -> PathBuf;
+    /// Runs a command in the kubelet's (and keelsond's) mount namespace.
+    fn in_ns(&self, args: &[&str]);
+    /// `p` as the kubelet's mount namespace shows it (tmpfs volumes are mounted there only).
+    fn ns_path(&self, p: &std::path::Path) -> PathBuf;
+}
+
+impl VolumeEnv for Env {
+    fn sh(&self, container_id: &str, script: &str) -> (i32, String, String) {
+        let r = self.exec(container_id, script);
         (
             r.exit_code,
             String::from_utf8_lossy(&r.stdout).into_owned(),
@@ -93,37 +63,16 @@ impl Env {
         )
     }
 
-    /// stdout of `script`, which must succeed.
     fn out(&self, container_id: &str, script: &str) -> String {
-        let (code, out, err) = self.exec(container_id, script);
+        let (code, out, err) = self.sh(container_id, script);
         assert_eq!(code, 0, "{script}: {out}{err}");
         out
-    }
-
-    fn sandboxes_of(&self, uid: &str) -> Vec<pb::PodSandbox> {
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.list_pod_sandbox(pb::ListPodSandboxRequest {
-                    filter: Some(pb::PodSandboxFilter {
-                        label_selector: HashMap::from([(
-                            "io.kubernetes.pod.uid".to_string(),
-                            uid.to_string(),
-                        )]),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner().items)
-            })
-            .expect("ListPodSandbox")
     }
 
     fn pods_dir(&self) -> PathBuf {
         self.kl.root_dir().join("pods")
     }
 
-    /// Runs a command in the kubelet's (and keelsond's) mount namespace.
     fn in_ns(&self, args: &[&str]) {
         let st = Command::new("nsenter")
             .arg(format!("--mount=/proc/{}/ns/mnt", self.kl.mount_ns_pid()))
@@ -134,25 +83,12 @@ impl Env {
         assert!(st.success(), "{args:?}");
     }
 
-    /// `p` as the kubelet's mount namespace shows it (tmpfs volumes are mounted there only).
     fn ns_path(&self, p: &std::path::Path) -> PathBuf {
         PathBuf::from(format!(
             "/proc/{}/root{}",
             self.kl.mount_ns_pid(),
             p.display()
         ))
-    }
-
-    fn wait_until(&self, what: &str, f: impl Fn() -> bool) {
-        let end = Instant::now() + WAIT;
-        while !f() {
-            assert!(
-                Instant::now() < end,
-                "{what}\n--- kubelet ---\n{}",
-                tail(&self.kl.log(), 60)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 }
 
@@ -268,7 +204,7 @@ spec:
     assert_eq!(e.out(&a, "cat /scratch/init.txt"), "from-init\n");
     e.out(&a, "echo hi > /scratch/from-a; echo m > /mem/m");
     assert_eq!(e.out(&b, "cat /data/from-a /mem/m"), "hi\nm\n");
-    let (code, _, err) = e.exec(&b, "echo no > /data/x");
+    let (code, _, err) = e.sh(&b, "echo no > /data/x");
     assert_ne!(code, 0);
     assert!(err.contains("Read-only file system"), "{err}");
     let scratch = pod_dir.join("volumes/kubernetes.io~empty-dir/scratch");
@@ -320,7 +256,7 @@ spec:
     );
     assert_eq!(e.out(&a, "readlink /info/name"), "..data/name\n");
     assert!(e.out(&a, "readlink /info/..data").starts_with("..20"));
-    let (code, _, err) = e.exec(&a, "echo x > /info/new");
+    let (code, _, err) = e.sh(&a, "echo x > /info/new");
     assert!(code != 0 && err.contains("Read-only file system"), "{err}");
     assert_eq!(
         e.out(&a, "cat /proj/ns /proj/podname"),
@@ -348,7 +284,7 @@ spec:
     );
     assert_eq!(fs::read_to_string(h.join("new.txt")).expect("f"), "line\n");
     assert_eq!(e.out(&a, "cat /hplink/seen"), "real\n");
-    let (code, _, _) = e.exec(&a, "touch /hplink/x");
+    let (code, _, _) = e.sh(&a, "touch /hplink/x");
     assert_ne!(code, 0, "readOnly hostPath written");
     e.out(&a, "test -S /hpsock && test -c /hpchar");
 
@@ -701,7 +637,7 @@ spec:
         &from_host.display().to_string(),
     ]);
     let seen = |c: &str, point: &str| {
-        let (_, out, _) = e.exec(
+        let (_, out, _) = e.sh(
             &cid(&p, c),
             &format!("grep ' {point} ' /proc/self/mountinfo"),
         );
