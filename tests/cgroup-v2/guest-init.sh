@@ -16,6 +16,9 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/tmp
 # Loopback up: tests talk to local servers (a registry, the kubelet) on 127.0.0.1.
 ip link set lo up 2>/dev/null || true
+# overlayfs (keelsond's snapshots) is a module of the UML kernel.
+overlay_ko="/usr/lib/uml/modules/$(uname -r)/kernel/fs/overlayfs/overlay.ko"
+overlay_msg="$(/bin/busybox insmod "$overlay_ko" 2>&1 || true)"
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mkdir -p /tmp/share
@@ -33,6 +36,7 @@ cd "$KEELSON_REPO" || { echo "no $KEELSON_REPO in the guest" > /tmp/share/guest-
   echo "kernel: $(uname -r)"
   echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
   echo "block devices: $(ls /sys/block | tr '\n' ' ')"
+  echo "overlay: $(grep -c overlay /proc/filesystems) ${overlay_msg}"
 } > /tmp/share/guest-info 2>&1
 n=0
 while read -r bin filter; do
