@@ -3,7 +3,8 @@
 //! dropped into its static pod directory, statuses read from its `/pods`.
 
 use keelson_tests::kubelet::{
-    Kubelet, Stack as Env, WAIT, condition, container_status, kubelet_binary, phase, tail, uid,
+    Kubelet, Stack as Env, WAIT, condition, container_id, container_status, kubelet_binary, phase,
+    tail, uid,
 };
 use serde_json::Value;
 use std::process::Command;
@@ -493,4 +494,46 @@ fn admission_rejects_pods_that_do_not_fit_the_node() {
         let p = e.kl.pod(name).expect("listed");
         assert!(e.sandboxes_of(&uid(&p)).is_empty(), "{name} has a sandbox");
     }
+}
+
+#[test]
+fn keelsond_kill9_the_kubelet_reconnects_and_the_node_recovers() {
+    let mut e = env("kl-rtkill");
+    let sleep = "exec /bin/busybox sleep 1000";
+    let (a, b) = (
+        simple_pod(&e, "a", "Always", sleep),
+        simple_pod(&e, "b", "Always", sleep),
+    );
+    e.kl.write_manifest("a.yaml", &a).expect("manifest");
+    let before = e.wait("a", "a running", |p| phase(p) == "Running");
+    let id = container_id(&before, "main");
+    assert!(!id.is_empty());
+
+    e.k.kill9();
+    // The runtime is gone: the kubelet stays up and keeps serving.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        e.kl.pid().is_some(),
+        "the kubelet exited without its runtime"
+    );
+    let (code, _) =
+        e.kl.get("/pods")
+            .expect("GET /pods while the runtime is down");
+    assert_eq!(code, 200);
+
+    e.k.restart().expect("keelsond restart");
+    // The node recovers: a new pod starts, and the pod that ran is left as it was.
+    e.kl.write_manifest("b.yaml", &b).expect("manifest");
+    e.wait("b", "b running after the runtime restart", |p| {
+        phase(p) == "Running" && condition(p, "Ready") == Some("True")
+    });
+    let after = e.wait("a", "a still running", |p| {
+        phase(p) == "Running" && condition(p, "Ready") == Some("True")
+    });
+    assert_eq!(container_id(&after, "main"), id);
+    assert_eq!(
+        container_status(&after, "main").expect("status")["restartCount"],
+        0
+    );
+    assert_eq!(e.containers_of(&uid(&after)).len(), 1);
 }
