@@ -116,7 +116,10 @@ pub struct HttpGet<'a> {
     pub headers: &'a [HTTPHeader],
 }
 
-async fn send<S>(io: S, req: hyper::Request<Empty<Bytes>>) -> Result<(u16, String), String>
+/// A probe's HTTP answer: status code, up to 10 KiB of body, the Location header.
+pub type HttpAnswer = (u16, String, Option<String>);
+
+async fn send<S>(io: S, req: hyper::Request<Empty<Bytes>>) -> Result<HttpAnswer, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -131,6 +134,11 @@ where
     });
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let code = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get(hyper::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut body = resp.into_body();
     let mut out = Vec::new();
     while out.len() < MAX_BODY {
@@ -145,12 +153,13 @@ where
         }
     }
     out.truncate(MAX_BODY);
-    Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    Ok((code, String::from_utf8_lossy(&out).into_owned(), location))
 }
 
-/// Sends the GET; Ok is the status code and (up to 10 KiB of) the body. HTTPS does not
-/// verify the server's certificate, like upstream's prober.
-pub async fn http_request(g: &HttpGet<'_>) -> Result<(u16, String), String> {
+/// Sends the GET (no redirect followed); Ok is the status code, (up to 10 KiB of) the body
+/// and the Location header. HTTPS does not verify the server's certificate, like upstream's
+/// prober.
+pub async fn http_request(g: &HttpGet<'_>) -> Result<HttpAnswer, String> {
     let mut path = if g.path.is_empty() {
         "/".to_string()
     } else {
@@ -196,14 +205,98 @@ pub async fn http_request(g: &HttpGet<'_>) -> Result<(u16, String), String> {
     }
 }
 
-/// An HTTP probe: 200 <= code < 400 is success (a redirect is not followed and counts as
-/// success).
+/// Where a redirect points: (https, host, port, path and query).
+type Hop = (bool, String, u16, String);
+
+/// Resolves a Location header against the URL it came from (absolute, scheme-relative,
+/// absolute-path or relative-path references); None when it cannot be parsed.
+fn resolve_location(from: &Hop, loc: &str) -> Option<Hop> {
+    let absolute = |https: bool, rest: &str| -> Option<Hop> {
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let uri: hyper::http::uri::Authority = authority.parse().ok()?;
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        Some((https, host.to_string(), port, path))
+    };
+    let lower = loc.to_ascii_lowercase();
+    if lower.starts_with("http://") {
+        absolute(false, &loc[7..])
+    } else if lower.starts_with("https://") {
+        absolute(true, &loc[8..])
+    } else if let Some(rest) = loc.strip_prefix("//") {
+        absolute(from.0, rest)
+    } else if lower.contains("://") {
+        None
+    } else if loc.starts_with('/') {
+        Some((from.0, from.1.clone(), from.2, loc.to_string()))
+    } else {
+        let base = from.3.split('?').next().unwrap_or("/");
+        let dir = &base[..base.rfind('/').map_or(0, |i| i + 1)];
+        let dir = if dir.is_empty() { "/" } else { dir };
+        Some((from.0, from.1.clone(), from.2, format!("{dir}{loc}")))
+    }
+}
+
+/// An HTTP probe as upstream's: 200 <= code < 400 is success. Redirects to the same host
+/// are followed (at most 10 requests, then a failure); a redirect to another host is not,
+/// and counts as success ("Probe terminated redirects", upstream's warning).
 pub async fn http(g: &HttpGet<'_>, timeout: Duration) -> Outcome {
-    let scheme = if g.https { "https" } else { "http" };
-    let url = format!("{scheme}://{}{}", host_port(g.host, g.port), g.path);
-    match tokio::time::timeout(timeout, http_request(g)).await {
-        Ok(Ok((code, body))) if (200..400).contains(&code) => Outcome::Success(body),
-        Ok(Ok((code, body))) => Outcome::Failure(format!(
+    let url = |h: &Hop| {
+        let scheme = if h.0 { "https" } else { "http" };
+        format!("{scheme}://{}{}", host_port(&h.1, h.2), h.3)
+    };
+    let first: Hop = (g.https, g.host.to_string(), g.port, g.path.to_string());
+    let follow = async {
+        let mut cur = first.clone();
+        let mut requests = 0;
+        loop {
+            let req = HttpGet {
+                https: cur.0,
+                host: &cur.1,
+                port: cur.2,
+                path: &cur.3,
+                headers: g.headers,
+            };
+            let answer = http_request(&req)
+                .await
+                .map_err(|e| format!("Get \"{}\": {e}", url(&cur)))?;
+            requests += 1;
+            let (code, body, location) = answer;
+            let Some(loc) = location.filter(|_| (300..400).contains(&code)) else {
+                return Ok((code, body, false));
+            };
+            let next = resolve_location(&cur, &loc).ok_or_else(|| {
+                format!(
+                    "Get \"{}\": failed to parse Location header {loc:?}",
+                    url(&cur)
+                )
+            })?;
+            if next.1 != first.1 {
+                return Ok((code, body, true));
+            }
+            if requests >= 10 {
+                return Err(format!(
+                    "Get \"{}\": stopped after 10 redirects",
+                    url(&next)
+                ));
+            }
+            cur = next;
+        }
+    };
+    match tokio::time::timeout(timeout, follow).await {
+        Ok(Ok((_, body, true))) => {
+            Outcome::Success(format!("Probe terminated redirects, Response body: {body}"))
+        }
+        Ok(Ok((code, body, false))) if (200..400).contains(&code) => Outcome::Success(body),
+        Ok(Ok((code, body, false))) => Outcome::Failure(format!(
             "HTTP probe failed with statuscode: {code}{}",
             if body.is_empty() {
                 String::new()
@@ -211,9 +304,10 @@ pub async fn http(g: &HttpGet<'_>, timeout: Duration) -> Outcome {
                 format!(" ({})", body.trim_end())
             }
         )),
-        Ok(Err(e)) => Outcome::Failure(format!("Get \"{url}\": {e}")),
+        Ok(Err(e)) => Outcome::Failure(e),
         Err(_) => Outcome::Failure(format!(
-            "Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            "Get \"{}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+            url(&first)
         )),
     }
 }
@@ -360,6 +454,89 @@ mod tests {
             http(&get("/ok", false), Duration::from_secs(3)).await,
             Outcome::Failure(_)
         ));
+        server.abort();
+    }
+
+    #[test]
+    fn locations_resolve_like_urls() {
+        let from: Hop = (false, "10.0.0.1".into(), 8080, "/a/b?x=1".into());
+        let r = |l: &str| resolve_location(&from, l);
+        assert_eq!(r("/c"), Some((false, "10.0.0.1".into(), 8080, "/c".into())));
+        assert_eq!(
+            r("c?y"),
+            Some((false, "10.0.0.1".into(), 8080, "/a/c?y".into()))
+        );
+        assert_eq!(
+            r("https://other:9443/p"),
+            Some((true, "other".into(), 9443, "/p".into()))
+        );
+        assert_eq!(
+            r("//10.0.0.1/q"),
+            Some((false, "10.0.0.1".into(), 80, "/q".into()))
+        );
+        assert_eq!(r("http://h"), Some((false, "h".into(), 80, "/".into())));
+        assert_eq!(r("ftp://h/x"), None);
+    }
+
+    /// Same-host redirects are followed (at most 10 requests), another host's is not and
+    /// counts as success, a redirect without a Location is a success too.
+    #[tokio::test]
+    async fn http_probe_redirects() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let (code, extra) = match path.as_str() {
+                    "/start" => (302, format!("Location: http://127.0.0.1:{port}/mid\r\n")),
+                    "/mid" => (301, "Location: end\r\n".to_string()),
+                    "/end" => (500, String::new()),
+                    "/ok" => (307, "Location: /fine\r\n".to_string()),
+                    "/fine" => (200, String::new()),
+                    "/away" => (302, "Location: http://192.0.2.1/x\r\n".to_string()),
+                    "/loop" => (302, "Location: /loop\r\n".to_string()),
+                    _ => (300, String::new()),
+                };
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {code} X\r\n{extra}Content-Length: 2\r\nConnection: close\r\n\r\nhi")
+                            .as_bytes(),
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let get = |path: &'static str| HttpGet {
+            https: false,
+            host: "127.0.0.1",
+            port,
+            path,
+            headers: &[],
+        };
+        let t = Duration::from_secs(10);
+        match http(&get("/start"), t).await {
+            Outcome::Failure(m) => assert!(m.contains("statuscode: 500"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(http(&get("/ok"), t).await, Outcome::Success("hi".into()));
+        match http(&get("/away"), t).await {
+            Outcome::Success(m) => assert!(m.starts_with("Probe terminated redirects"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        match http(&get("/loop"), t).await {
+            Outcome::Failure(m) => assert!(m.contains("stopped after 10 redirects"), "{m}"),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(http(&get("/other"), t).await, Outcome::Success("hi".into()));
         server.abort();
     }
 
