@@ -674,3 +674,102 @@ spec:
     let side1_log = e.container_log(&p, "side1", 0);
     assert!(side1_log.contains("side1 TERM"), "{side1_log}");
 }
+
+/// The node IP the kubelet gives host-network pods (its first IPv4 address on an interface
+/// that is up and not loopback), where a gRPC probe of such a pod connects.
+fn node_ip() -> String {
+    use nix::net::if_::InterfaceFlags;
+    nix::ifaddrs::getifaddrs()
+        .expect("getifaddrs")
+        .filter(|a| {
+            a.flags.contains(InterfaceFlags::IFF_UP)
+                && !a.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+        })
+        .find_map(|a| {
+            a.address
+                .and_then(|s| s.as_sockaddr_in().map(|s| s.ip().to_string()))
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+/// A grpc.health.v1 server of the test on the node IP; its status of service "kt" is
+/// switched by the test.
+struct HealthServer {
+    port: u16,
+    reporter: tonic_health::server::HealthReporter,
+    rt: tokio::runtime::Runtime,
+}
+
+impl HealthServer {
+    fn start(ip: &str) -> HealthServer {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(format!("{ip}:0")))
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        HealthServer { port, reporter, rt }
+    }
+
+    fn set(&self, serving: bool) {
+        let status = if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        self.rt
+            .block_on(self.reporter.set_service_status("kt", status));
+    }
+}
+
+#[test]
+fn grpc_probe_readiness_follows_the_health_service() {
+    let e = env("kl-grpc");
+    let health = HealthServer::start(&node_ip());
+    health.set(true);
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: grpc
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    command: ["/bin/busybox", "sleep", "1000"]
+    readinessProbe:
+      grpc: {{port: {port}, service: kt}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+        image = e.image,
+        port = health.port
+    );
+    e.kl.write_manifest("grpc.yaml", &manifest)
+        .expect("manifest");
+    e.wait("grpc", "ready through the gRPC probe", |p| {
+        condition(p, "Ready") == Some("True") && cs(p, "main")["ready"] == true
+    });
+    health.set(false);
+    let p = e.wait("grpc", "not ready once the service says NOT_SERVING", |p| {
+        condition(p, "Ready") == Some("False") && cs(p, "main")["ready"] == false
+    });
+    // Readiness never restarts the container.
+    assert!(running(&p, "main"));
+    assert_eq!(restarts(&p, "main"), 0);
+    health.set(true);
+    e.wait("grpc", "ready again", |p| {
+        condition(p, "Ready") == Some("True")
+    });
+}
