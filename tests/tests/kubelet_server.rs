@@ -442,6 +442,37 @@ fn https_server_stats_metrics_exec_and_logs() {
         Some(404)
     );
 
+    // /attach over WebSocket through the kubelet: the chatty container's stdout on channel 1.
+    let (mut ws, proto) = ws_open(
+        kl,
+        &format!("/attach/default/{pod_name}/main?output=1"),
+        "v4.channel.k8s.io",
+    )
+    .expect("attach upgrade");
+    assert_eq!(proto.as_deref(), Some("v4.channel.k8s.io"));
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains("line 39 ") {
+        assert!(Instant::now() < end, "no output through /attach: {seen:?}");
+        match ws.read() {
+            Ok(Message::Binary(b)) if b.first() == Some(&1) => {
+                seen.push_str(&String::from_utf8_lossy(&b[1..]));
+            }
+            Ok(_) => {}
+            Err(e) => panic!("attach: {e} after {seen:?}"),
+        }
+    }
+    let _ = ws.close(None);
+    assert_eq!(
+        ws_open(
+            kl,
+            &format!("/attach/default/{pod_name}/nosuch?output=1"),
+            "v4.channel.k8s.io"
+        )
+        .err(),
+        Some(404)
+    );
+
     // /portForward over WebSocket through the kubelet: each channel pair starts with the port
     // (little endian), then the pod's loopback httpd answers on channel 0.
     let pf = format!("/portForward/default/{pod_name}?port=8080");
