@@ -21,6 +21,24 @@ use std::time::Duration;
 pub const DEF_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Upstream's buckets of `kubelet_runtime_operations_duration_seconds`:
+/// `prometheus.ExponentialBuckets(.005, 2.5, 14)`.
+pub const RUNTIME_OP_BUCKETS: &[f64] = &[
+    0.005,
+    0.0125,
+    0.03125,
+    0.078125,
+    0.1953125,
+    0.48828125,
+    1.220703125,
+    3.0517578125,
+    7.62939453125,
+    19.073486328125,
+    47.6837158203125,
+    119.20928955078125,
+    298.0232238769531,
+    745.0580596923828,
+];
 /// Upstream's `podStartupDurationBuckets`.
 pub const POD_START_BUCKETS: &[f64] = &[
     0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0, 180.0, 240.0,
@@ -84,6 +102,8 @@ pub struct Metrics {
     /// By operation_type.
     runtime_ops: Mutex<BTreeMap<String, u64>>,
     runtime_errors: Mutex<BTreeMap<String, u64>>,
+    /// By operation_type.
+    runtime_durations: Mutex<BTreeMap<String, Histogram>>,
     /// By container_type (container, init_container).
     started_containers: Mutex<BTreeMap<String, u64>>,
     started_container_errors: Mutex<BTreeMap<(String, String), u64>>,
@@ -96,6 +116,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     pleg_relist_interval: Mutex::new(Histogram::new(DEF_BUCKETS)),
     runtime_ops: Mutex::new(BTreeMap::new()),
     runtime_errors: Mutex::new(BTreeMap::new()),
+    runtime_durations: Mutex::new(BTreeMap::new()),
     started_containers: Mutex::new(BTreeMap::new()),
     started_container_errors: Mutex::new(BTreeMap::new()),
 });
@@ -167,10 +188,14 @@ pub fn container_started(kind: &str, err: Option<tonic::Code>) {
     }
 }
 
-fn runtime_op(op: &str, failed: bool) {
+fn runtime_op(op: &str, failed: bool, took: Duration) {
     *lock(&METRICS.runtime_ops)
         .entry(op.to_string())
         .or_default() += 1;
+    lock(&METRICS.runtime_durations)
+        .entry(op.to_string())
+        .or_insert_with(|| Histogram::new(RUNTIME_OP_BUCKETS))
+        .observe(took.as_secs_f64());
     if failed {
         *lock(&METRICS.runtime_errors)
             .entry(op.to_string())
@@ -301,6 +326,19 @@ pub fn render(g: &Gauges) -> String {
     }
     family(
         &mut out,
+        "kubelet_runtime_operations_duration_seconds",
+        "histogram",
+        "Duration of CRI calls in seconds, by operation type.",
+    );
+    for (op, h) in lock(&METRICS.runtime_durations).iter() {
+        h.render(
+            &mut out,
+            "kubelet_runtime_operations_duration_seconds",
+            &format!("operation_type=\"{}\"", esc(op)),
+        );
+    }
+    family(
+        &mut out,
         "kubelet_runtime_operations_errors_total",
         "counter",
         "CRI calls that failed, by operation type.",
@@ -341,7 +379,9 @@ pub fn render(g: &Gauges) -> String {
 }
 
 /// The CRI channel with every call counted in `kubelet_runtime_operations_total` (and, when
-/// it fails, `_errors_total`), like upstream's instrumented runtime service.
+/// it fails, `_errors_total`) and timed in `kubelet_runtime_operations_duration_seconds`
+/// (until the response headers: a whole unary call, a stream's opening), like upstream's
+/// instrumented runtime service.
 #[derive(Clone, Debug)]
 pub struct Instrumented {
     pub inner: tonic::transport::Channel,
@@ -361,6 +401,7 @@ impl tower_service::Service<http::Request<Body>> for Instrumented {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let op = operation_type(req.uri().path());
+        let start = std::time::Instant::now();
         let fut = tower_service::Service::call(&mut self.inner, req);
         Box::pin(async move {
             let r = fut.await;
@@ -372,7 +413,7 @@ impl tower_service::Service<http::Request<Body>> for Instrumented {
                     .is_some_and(|v| v.as_bytes() != b"0"),
                 Err(_) => true,
             };
-            runtime_op(&op, failed);
+            runtime_op(&op, failed, start.elapsed());
             r
         })
     }

@@ -344,6 +344,20 @@ fn https_server_stats_metrics_exec_and_logs() {
     assert!(
         sample(
             &m,
+            "kubelet_runtime_operations_duration_seconds_count{operation_type=\"start_container\"}"
+        ) >= Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
+            "kubelet_runtime_operations_duration_seconds_bucket{operation_type=\"run_podsandbox\",le=\"+Inf\"}"
+        ) >= Some(1.0),
+        "{m}"
+    );
+    assert!(
+        sample(
+            &m,
             "kubelet_started_containers_total{container_type=\"container\"}"
         ) >= Some(1.0),
         "{m}"
