@@ -54,6 +54,9 @@ pub struct Shared {
     pub qos: Option<qos::Qos>,
 }
 
+/// When this kubelet started (probe workers jitter their first probe right after a start).
+pub static STARTED: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -125,6 +128,7 @@ fn init_logging(flags: &config::Flags) {
 }
 
 fn main() {
+    std::sync::LazyLock::force(&STARTED);
     let flags = config::Flags::parse();
     let cfg = match config::Config::load(&flags) {
         Ok(c) => c,

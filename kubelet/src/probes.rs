@@ -288,7 +288,8 @@ impl ProbeWorker {
         }
     }
 
-    /// Upstream's worker loop: wait out initialDelaySeconds (from the container's start),
+    /// Upstream's worker loop: (right after a kubelet start, a random part of the period, then)
+    /// wait out initialDelaySeconds (from the container's start),
     /// probe every periodSeconds; a result counts once it repeats successThreshold /
     /// failureThreshold times; liveness and readiness wait for the startup probe; a failed
     /// liveness or startup probe asks for the kill and ends the worker (the restarted
@@ -299,6 +300,11 @@ impl ProbeWorker {
         let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
         let success_threshold = p.success_threshold.unwrap_or(1).max(1);
         let failure_threshold = p.failure_threshold.unwrap_or(3).max(1);
+        // Upstream: a kubelet that started less than a period ago (a restart, with every
+        // container's workers starting at once) waits a random part of the period first.
+        if crate::STARTED.elapsed() < period {
+            tokio::time::sleep(period.mul_f64(jitter_fraction(&self.target.container_id))).await;
+        }
         let delay_ns = i64::from(p.initial_delay_seconds.unwrap_or(0).max(0)) * 1_000_000_000;
         let wait = self.started_at + delay_ns - now_ns();
         if wait > 0 {
@@ -405,9 +411,26 @@ impl ProbeWorker {
     }
 }
 
+/// A random number in [0, 1) (std's per-process random hash keys, the time and `salt`).
+fn jitter_fraction(salt: &str) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(salt.as_bytes());
+    h.write_i64(now_ns());
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jitter_is_a_fraction() {
+        for i in 0..100 {
+            let f = jitter_fraction(&i.to_string());
+            assert!((0.0..1.0).contains(&f), "{f}");
+        }
+    }
 
     #[test]
     fn started_and_ready_follow_the_probes() {
