@@ -9,6 +9,7 @@ mod configz;
 mod cri;
 mod defaults;
 mod events;
+mod gc;
 mod hosts;
 mod lifecycle;
 mod logs;
@@ -49,6 +50,8 @@ pub struct Shared {
     /// for the status sync to an apiserver later).
     pub pods: RwLock<BTreeMap<String, Pod>>,
     pub last_relist: Mutex<Instant>,
+    /// What the pod manager knows, for the garbage collectors.
+    pub pod_states: gc::PodStates,
 }
 
 pub fn now_ns() -> i64 {
@@ -224,6 +227,7 @@ async fn run(cfg: config::Config) -> Result<()> {
         cri,
         pods: RwLock::new(BTreeMap::new()),
         last_relist: Mutex::new(Instant::now()),
+        pod_states: gc::PodStates::default(),
         cfg: cfg.clone(),
     });
     if let Some(l) = healthz {
@@ -240,6 +244,8 @@ async fn run(cfg: config::Config) -> Result<()> {
     }
     tokio::spawn(logs::manager(sh.clone()));
     tokio::spawn(stats::sampler(sh.clone()));
+    tokio::spawn(gc::containers(sh.clone(), cfg.container_gc_period));
+    tokio::spawn(gc::images(sh.clone(), cfg.image_gc_period));
     let (src_tx, src_rx) = tokio::sync::mpsc::channel(4);
     let (pleg_tx, pleg_rx) = tokio::sync::mpsc::channel(64);
     match cfg.static_pod_path.clone() {
