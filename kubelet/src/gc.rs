@@ -214,7 +214,7 @@ pub fn evictable_sandboxes(
     let mut out = Vec::new();
     for uid in pods {
         let mut v = by_pod.remove(uid).unwrap_or_default();
-        v.sort_by(|a, b| (b.attempt, b.created_at).cmp(&(a.attempt, a.created_at)));
+        v.sort_by_key(|s| std::cmp::Reverse((s.attempt, s.created_at)));
         let keep = usize::from(!deleted(uid));
         for s in v.into_iter().skip(keep).rev() {
             if !s.ready && !with_containers.contains(&s.id) {
