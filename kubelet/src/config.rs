@@ -67,6 +67,24 @@ pub struct Flags {
     /// keeps in the fixed /var/log/containers (tests point it into a temp dir).
     #[arg(long, default_value = "/var/log/containers")]
     pub container_log_links_dir: PathBuf,
+    /// Minimum age of a finished container before it is garbage collected (Go duration;
+    /// upstream's deprecated flag, default 0).
+    #[arg(long)]
+    pub minimum_container_ttl_duration: Option<String>,
+    /// Dead instances of each container to keep (< 0: no limit; default 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub maximum_dead_containers_per_container: Option<i64>,
+    /// Dead containers to keep in all (< 0: no limit; default -1).
+    #[arg(long, allow_negative_numbers = true)]
+    pub maximum_dead_containers: Option<i64>,
+    /// keelson only: how often container garbage collection runs (Go duration; upstream's
+    /// fixed ContainerGCPeriod, 1m). For tests.
+    #[arg(long)]
+    pub keelson_container_gc_period: Option<String>,
+    /// keelson only: how often image garbage collection runs (Go duration; upstream's fixed
+    /// ImageGCPeriod, 5m). For tests.
+    #[arg(long)]
+    pub keelson_image_gc_period: Option<String>,
 }
 
 /// The file, as far as keelson reads it. Unknown keys are checked in [`KNOWN_UNUSED`].
@@ -112,6 +130,14 @@ struct FileConfig {
     system_reserved: Option<BTreeMap<String, String>>,
     kube_reserved: Option<BTreeMap<String, String>>,
     enforce_node_allocatable: Option<Vec<String>>,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    image_gc_high_threshold_percent: Option<i64>,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    image_gc_low_threshold_percent: Option<i64>,
+    #[serde(rename = "imageMinimumGCAge")]
+    image_minimum_gc_age: Option<String>,
+    #[serde(rename = "imageMaximumGCAge")]
+    image_maximum_gc_age: Option<String>,
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
 }
@@ -136,10 +162,6 @@ const KNOWN_UNUSED: &[&str] = &[
     "nodeStatusUpdateFrequency",
     "nodeStatusReportFrequency",
     "nodeLeaseDurationSeconds",
-    "imageMinimumGCAge",
-    "imageMaximumGCAge",
-    "imageGCHighThresholdPercent",
-    "imageGCLowThresholdPercent",
     "volumeStatsAggPeriod",
     "kubeletCgroups",
     "systemCgroups",
@@ -252,6 +274,13 @@ pub struct Config {
     /// containerLogMaxSize in bytes.
     pub container_log_max_bytes: u64,
     pub container_log_monitor_interval: Duration,
+    /// Container, sandbox and pod log garbage collection.
+    pub container_gc: crate::gc::ContainerPolicy,
+    /// Image garbage collection.
+    pub image_gc: crate::gc::ImagePolicy,
+    /// How often they run (upstream: fixed 1m and 5m; keelson flags for tests).
+    pub container_gc_period: Duration,
+    pub image_gc_period: Duration,
     /// authentication.anonymous.enabled.
     pub anonymous_auth: bool,
     /// authorization.mode (AlwaysAllow: the only mode a kubelet without an apiserver has).
@@ -502,6 +531,8 @@ impl Config {
                 "containerLogMonitorInterval must be at least 3s".into(),
             ));
         }
+        let (container_gc, image_gc, container_gc_period, image_gc_period) =
+            gc_config(flags, &file)?;
         let (anonymous_auth, authorization_mode) =
             crate::auth::from_config(file.authentication.as_ref(), file.authorization.as_ref())
                 .map_err(ConfigError::Value)?;
@@ -557,6 +588,10 @@ impl Config {
             container_log_max_files,
             container_log_max_bytes: container_log_max_bytes as u64,
             container_log_monitor_interval,
+            container_gc,
+            image_gc,
+            container_gc_period,
+            image_gc_period,
             tls_cert_file,
             tls_private_key_file,
             cert_dir: flags.cert_dir.clone(),
@@ -584,6 +619,92 @@ impl Config {
     pub fn pod_log_dir(&self, namespace: &str, name: &str, uid: &str) -> PathBuf {
         self.pod_logs_dir.join(format!("{namespace}_{name}_{uid}"))
     }
+}
+
+type GcConfig = (
+    crate::gc::ContainerPolicy,
+    crate::gc::ImagePolicy,
+    Duration,
+    Duration,
+);
+
+/// The garbage collection settings, checked like upstream's `ValidateKubeletConfiguration`.
+fn gc_config(flags: &Flags, file: &FileConfig) -> Result<GcConfig, ConfigError> {
+    let dur = |name: &str, v: Option<&str>, default: Duration| match v {
+        Some(s) if !s.trim().is_empty() => {
+            parse_go_duration(s).map_err(|e| ConfigError::Value(format!("{name}: {e}")))
+        }
+        _ => Ok(default),
+    };
+    let high = file.image_gc_high_threshold_percent.unwrap_or(85);
+    let low = file.image_gc_low_threshold_percent.unwrap_or(80);
+    if !(0..=100).contains(&high) {
+        return Err(ConfigError::Value(format!(
+            "imageGCHighThresholdPercent (--image-gc-high-threshold) {high} must be between 0 and 100, inclusive"
+        )));
+    }
+    if !(0..=100).contains(&low) {
+        return Err(ConfigError::Value(format!(
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be between 0 and 100, inclusive"
+        )));
+    }
+    if low >= high {
+        return Err(ConfigError::Value(format!(
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) {high}"
+        )));
+    }
+    let min_age = dur(
+        "imageMinimumGCAge",
+        file.image_minimum_gc_age.as_deref(),
+        Duration::from_secs(120),
+    )?;
+    let max_age = dur(
+        "imageMaximumGCAge",
+        file.image_maximum_gc_age.as_deref(),
+        Duration::ZERO,
+    )?;
+    if !max_age.is_zero() && max_age <= min_age {
+        return Err(ConfigError::Value(format!(
+            "imageMaximumGCAge {} must be greater than imageMinimumGCAge {}",
+            crate::configz::go_duration(max_age),
+            crate::configz::go_duration(min_age)
+        )));
+    }
+    let container = crate::gc::ContainerPolicy {
+        min_age: dur(
+            "--minimum-container-ttl-duration",
+            flags.minimum_container_ttl_duration.as_deref(),
+            Duration::ZERO,
+        )?,
+        max_per_pod_container: flags.maximum_dead_containers_per_container.unwrap_or(1),
+        max_containers: flags.maximum_dead_containers.unwrap_or(-1),
+    };
+    let period = |name: &str, v: Option<&str>, default: Duration| {
+        let d = dur(name, v, default)?;
+        if d.is_zero() {
+            return Err(ConfigError::Value(format!("{name} must be greater than 0")));
+        }
+        Ok(d)
+    };
+    Ok((
+        container,
+        crate::gc::ImagePolicy {
+            high_threshold_percent: high,
+            low_threshold_percent: low,
+            min_age,
+            max_age,
+        },
+        period(
+            "--keelson-container-gc-period",
+            flags.keelson_container_gc_period.as_deref(),
+            crate::gc::CONTAINER_GC_PERIOD,
+        )?,
+        period(
+            "--keelson-image-gc-period",
+            flags.keelson_image_gc_period.as_deref(),
+            crate::gc::IMAGE_GC_PERIOD,
+        )?,
+    ))
 }
 
 fn read_file(path: &Path, warnings: &mut Vec<String>) -> Result<FileConfig, ConfigError> {
@@ -677,6 +798,26 @@ mod tests {
         assert!(c.anonymous_auth);
         assert_eq!(c.authorization_mode, "AlwaysAllow");
         assert_eq!(c.container_log_max_bytes, 10 * 1024 * 1024);
+        // Upstream's garbage collection defaults.
+        assert_eq!(
+            c.image_gc,
+            crate::gc::ImagePolicy {
+                high_threshold_percent: 85,
+                low_threshold_percent: 80,
+                min_age: Duration::from_secs(120),
+                max_age: Duration::ZERO,
+            }
+        );
+        assert_eq!(
+            c.container_gc,
+            crate::gc::ContainerPolicy {
+                min_age: Duration::ZERO,
+                max_per_pod_container: 1,
+                max_containers: -1,
+            }
+        );
+        assert_eq!(c.container_gc_period, Duration::from_secs(60));
+        assert_eq!(c.image_gc_period, Duration::from_secs(300));
     }
 
     #[test]
@@ -703,6 +844,23 @@ mod tests {
             ("cpuCFSQuotaPeriod: 2s\n", "between 1ms and 1sec"),
             ("systemReserved: {cpu: lots}\n", "systemReserved[cpu]"),
             ("kubeReserved: {gpus: \"1\"}\n", "unsupported resource"),
+            (
+                "imageGCHighThresholdPercent: 101\n",
+                "imageGCHighThresholdPercent (--image-gc-high-threshold) 101 must be between 0 and 100, inclusive",
+            ),
+            (
+                "imageGCLowThresholdPercent: -1\n",
+                "imageGCLowThresholdPercent (--image-gc-low-threshold) -1 must be between 0 and 100",
+            ),
+            (
+                "imageGCHighThresholdPercent: 50\nimageGCLowThresholdPercent: 60\n",
+                "imageGCLowThresholdPercent (--image-gc-low-threshold) 60 must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) 50",
+            ),
+            ("imageMinimumGCAge: 2x\n", "imageMinimumGCAge"),
+            (
+                "imageMaximumGCAge: 1m\n",
+                "imageMaximumGCAge 1m0s must be greater than imageMinimumGCAge 2m0s",
+            ),
         ] {
             let e = load_yaml(&format!("{head}{body}")).expect_err(body);
             assert!(e.to_string().contains(want), "{body}: {e}");

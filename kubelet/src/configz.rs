@@ -78,6 +78,10 @@ pub fn configz(c: &Config) -> Value {
         "containerLogMaxSize": c.container_log_max_size,
         "containerLogMaxFiles": c.container_log_max_files,
         "containerLogMonitorInterval": go_duration(c.container_log_monitor_interval),
+        "imageGCHighThresholdPercent": c.image_gc.high_threshold_percent,
+        "imageGCLowThresholdPercent": c.image_gc.low_threshold_percent,
+        "imageMinimumGCAge": go_duration(c.image_gc.min_age),
+        "imageMaximumGCAge": go_duration(c.image_gc.max_age),
         "containerRuntimeEndpoint": c.runtime_endpoint,
         "imageServiceEndpoint": c.image_endpoint,
     });

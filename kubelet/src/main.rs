@@ -9,6 +9,7 @@ mod configz;
 mod cri;
 mod defaults;
 mod events;
+mod gc;
 mod hosts;
 mod lifecycle;
 mod logs;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub last_relist: Mutex<Instant>,
     /// The QoS cgroup manager; None when cgroupsPerQOS is off.
     pub qos: Option<qos::Qos>,
+    /// What the pod manager knows, for the garbage collectors.
+    pub pod_states: gc::PodStates,
 }
 
 /// When this kubelet started (probe workers jitter their first probe right after a start).
@@ -241,6 +244,7 @@ async fn run(cfg: config::Config) -> Result<()> {
         pods: RwLock::new(BTreeMap::new()),
         last_relist: Mutex::new(Instant::now()),
         qos,
+        pod_states: gc::PodStates::default(),
         cfg: cfg.clone(),
     });
     if let Some(l) = healthz {
@@ -257,6 +261,8 @@ async fn run(cfg: config::Config) -> Result<()> {
     }
     tokio::spawn(logs::manager(sh.clone()));
     tokio::spawn(stats::sampler(sh.clone()));
+    tokio::spawn(gc::containers(sh.clone(), cfg.container_gc_period));
+    tokio::spawn(gc::images(sh.clone(), cfg.image_gc_period));
     let (src_tx, src_rx) = tokio::sync::mpsc::channel(4);
     let (pleg_tx, pleg_rx) = tokio::sync::mpsc::channel(64);
     match cfg.static_pod_path.clone() {

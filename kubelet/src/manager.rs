@@ -51,6 +51,7 @@ impl Manager {
         let (ns, name, uid) = crate::podconfig::meta(&pod);
         let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"), uid = %uid);
         let uid = uid.to_string();
+        self.sh.pod_states.insert(&uid);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(worker::run(self.sh.clone(), pod, rx, self.done_tx.clone()).instrument(span));
         self.workers.insert(
@@ -294,6 +295,10 @@ pub async fn run(
                 }
             }
         }
+        // The garbage collectors' view: a pod is deleted once no source wants it and its
+        // worker is done.
+        let known = m.desired.keys().chain(m.workers.keys()).cloned().collect();
+        m.sh.pod_states.set(m.sources_ready, known);
     }
 }
 

@@ -322,7 +322,9 @@ async fn resolve_container(
     container: &str,
     q: &HashMap<String, String>,
 ) -> Result<crate::cri::Container, Resp> {
-    let uid = sh
+    // The pod's UID, and (upstream's `validateContainerLogStatus`) the container its status
+    // names as the last terminated instance.
+    let (uid, last_terminated) = sh
         .pods
         .read()
         .unwrap_or_else(|p| p.into_inner())
@@ -330,7 +332,29 @@ async fn resolve_container(
         .find(|p| {
             p.metadata.namespace.as_deref() == Some(ns) && p.metadata.name.as_deref() == Some(pod)
         })
-        .and_then(|p| p.metadata.uid.clone());
+        .map(|p| {
+            let last = p
+                .status
+                .iter()
+                .flat_map(|s| {
+                    s.container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.init_container_statuses.iter().flatten())
+                })
+                .find(|c| c.name == container)
+                .and_then(|c| {
+                    c.last_state
+                        .as_ref()?
+                        .terminated
+                        .as_ref()?
+                        .container_id
+                        .clone()
+                })
+                .and_then(|id| id.split_once("://").map(|(_, id)| id.to_string()));
+            (p.metadata.uid.clone(), last)
+        })
+        .unwrap_or_default();
     let Some(uid) = uid else {
         return Err(text(
             StatusCode::NOT_FOUND,
@@ -349,7 +373,11 @@ async fn resolve_container(
     };
     let previous = q.get("previous").is_some_and(|v| v == "true" || v == "1");
     let mut inst = rt.instances(container);
-    let chosen = if previous { inst.nth(1) } else { inst.next() };
+    let chosen = match (previous, &last_terminated) {
+        (true, Some(id)) => rt.instances(container).find(|c| &c.id == id),
+        (true, None) => inst.nth(1),
+        (false, _) => inst.next(),
+    };
     let Some(c) = chosen else {
         let msg = if previous {
             format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")

@@ -254,7 +254,6 @@ impl Worker {
         }
         self.sync_probes(&rt, &sandbox);
         self.sync_containers(&rt, &sandbox).await?;
-        self.prune(&rt).await;
         let rt = self.cri.pod(&self.uid).await?;
         self.sync_probes(&rt, &sandbox);
         self.publish(&rt);
@@ -838,19 +837,6 @@ impl Worker {
             .map(|s| self.facts(s).pod_ip)
             .unwrap_or_default();
         crate::lifecycle::kill_pod(&self.cri.runtime, &self.pod, rt, &ip, grace).await
-    }
-
-    /// Keeps the two newest instances of each container (current + previous for logs and
-    /// lastState); removes older exited ones.
-    async fn prune(&mut self, rt: &PodRuntime) {
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for c in &rt.containers {
-            let n = seen.entry(c.name.as_str()).or_default();
-            *n += 1;
-            if *n > 2 && c.state == pb::ContainerState::ContainerExited {
-                let _ = self.remove_container(&c.id).await;
-            }
-        }
     }
 
     /// Tears the pod down: containers stopped with the grace period, sandboxes stopped and

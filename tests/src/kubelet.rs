@@ -49,6 +49,8 @@ pub struct Kubelet {
     /// The relative `cgroupRoot` this fixture named (below this process's own cgroups):
     /// its whole tree goes on drop.
     owned_cgroup_root: Option<String>,
+    /// More command line flags (see [`Kubelet::start_with_flags`]).
+    extra_flags: Vec<String>,
 }
 
 impl Kubelet {
@@ -59,13 +61,23 @@ impl Kubelet {
 
     /// Like [`Kubelet::start`], with more KubeletConfiguration lines (YAML) appended.
     pub fn start_with(k: &Keelsond, extra_config: &str) -> io::Result<Kubelet> {
+        Kubelet::start_with_flags(k, extra_config, &[])
+    }
+
+    /// Like [`Kubelet::start_with`], with more command line flags.
+    pub fn start_with_flags(
+        k: &Keelsond,
+        extra_config: &str,
+        extra_flags: &[&str],
+    ) -> io::Result<Kubelet> {
         let cgroup_root = crate::unique::name("kt-kubelet", "pods");
-        let mut kl = Kubelet::start_bin(
+        let mut kl = Kubelet::start_bin_with_flags(
             &kubelet_binary()?,
             &k.socket(),
             &cgroup_root,
             k.mount_ns_pid(),
             extra_config,
+            extra_flags,
         )?;
         kl.owned_cgroup_root = Some(cgroup_root);
         Ok(kl)
@@ -88,6 +100,17 @@ impl Kubelet {
         mount_ns_pid: u32,
         extra_config: &str,
     ) -> io::Result<Kubelet> {
+        Kubelet::start_bin_with_flags(bin, socket, cgroup_root, mount_ns_pid, extra_config, &[])
+    }
+
+    fn start_bin_with_flags(
+        bin: &Path,
+        socket: &Path,
+        cgroup_root: &str,
+        mount_ns_pid: u32,
+        extra_config: &str,
+        extra_flags: &[&str],
+    ) -> io::Result<Kubelet> {
         let dir = tempfile::Builder::new().prefix("kubelet").tempdir()?;
         for sub in ["root", "pods-logs", "manifests"] {
             fs::create_dir_all(dir.path().join(sub))?;
@@ -101,6 +124,7 @@ impl Kubelet {
             endpoint: format!("unix://{}", socket.display()),
             mount_ns_pid,
             owned_cgroup_root: None,
+            extra_flags: extra_flags.iter().map(|f| f.to_string()).collect(),
         };
         // 1s unless the caller sets its own.
         let file_check = if extra_config.contains("fileCheckFrequency:") {
@@ -222,6 +246,7 @@ impl Kubelet {
             .arg(self.log_links())
             .arg("--v")
             .arg("2")
+            .args(&self.extra_flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
