@@ -1,6 +1,7 @@
 //! Registry credentials and host settings.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
@@ -79,7 +80,8 @@ impl AuthConfig {
 ///
 /// Filled by hand or from a containerd-style `certs.d` directory
 /// ([`RegistryHosts::load_dir`]): `<dir>/<registry host>/hosts.toml` with `server = URL` and
-/// `[host."URL"]` tables (`capabilities`, `skip_verify`) tried in file order before the server.
+/// `[host."URL"]` tables (`capabilities`, `skip_verify`, `ca`) tried in file order before the
+/// server.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryHosts {
     /// Registries (`host` or `host:port`) reached over plain HTTP. `localhost`, `127.0.0.1`
@@ -89,8 +91,21 @@ pub struct RegistryHosts {
     pub mirrors: HashMap<String, Vec<String>>,
     /// Where a registry really is (`server` in hosts.toml): registry → `[http[s]://]host[:port]`.
     pub servers: HashMap<String, String>,
-    /// Hosts whose TLS certificates are not verified (`skip_verify`).
-    pub skip_verify: Vec<String>,
+    /// TLS and request settings per endpoint host (`host[:port]`).
+    pub options: HashMap<String, HostOptions>,
+}
+
+/// Settings of one endpoint host (hosts.toml's per-host keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Do not verify the TLS certificate (`skip_verify`).
+    pub skip_verify: bool,
+    /// PEM CA certificates trusted for this host in addition to the system's (`ca`).
+    pub ca: Vec<PathBuf>,
+    /// hosts.toml keys set for this host that the pull client cannot honour (`client`,
+    /// `header`, `override_path`): a pull through the host fails with `unimplemented`
+    /// rather than ignoring them.
+    pub unsupported: Vec<String>,
 }
 
 /// One place to fetch from.
@@ -98,7 +113,7 @@ pub struct RegistryHosts {
 pub struct Endpoint {
     pub host: String,
     pub plain_http: bool,
-    pub skip_verify: bool,
+    pub options: HostOptions,
 }
 
 #[derive(Deserialize)]
@@ -107,14 +122,58 @@ struct HostsFile {
     server: Option<String>,
     #[serde(default)]
     host: toml::Table,
+    #[serde(flatten)]
+    server_entry: HostEntry,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct HostEntry {
     #[serde(default)]
     capabilities: Option<Vec<String>>,
     #[serde(default)]
     skip_verify: bool,
+    #[serde(default)]
+    ca: Option<StringOrList>,
+    #[serde(default)]
+    client: Option<toml::Value>,
+    #[serde(default)]
+    header: Option<toml::Table>,
+    #[serde(default)]
+    override_path: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HostEntry {
+    /// The options, with relative `ca` paths taken from `base` (the hosts.toml's directory,
+    /// as containerd does).
+    fn options(&self, base: &Path) -> HostOptions {
+        let ca = match &self.ca {
+            None => Vec::new(),
+            Some(StringOrList::One(p)) => vec![p.clone()],
+            Some(StringOrList::Many(v)) => v.clone(),
+        };
+        let mut unsupported = Vec::new();
+        if self.client.is_some() {
+            unsupported.push("client".to_string());
+        }
+        if self.header.as_ref().is_some_and(|h| !h.is_empty()) {
+            unsupported.push("header".to_string());
+        }
+        if self.override_path {
+            unsupported.push("override_path".to_string());
+        }
+        HostOptions {
+            skip_verify: self.skip_verify,
+            ca: ca.into_iter().map(|p| base.join(p)).collect(),
+            unsupported,
+        }
+    }
 }
 
 impl RegistryHosts {
@@ -125,17 +184,20 @@ impl RegistryHosts {
     }
 
     fn endpoint(&self, url: &str) -> Endpoint {
-        let (host, plain) = if let Some(h) = url.strip_prefix("http://") {
-            (h, true)
+        // An explicit scheme decides; a bare host is plain HTTP when configured so (and for
+        // localhost).
+        let (host, scheme) = if let Some(h) = url.strip_prefix("http://") {
+            (h, Some(true))
+        } else if let Some(h) = url.strip_prefix("https://") {
+            (h, Some(false))
         } else {
-            let h = url.strip_prefix("https://").unwrap_or(url);
-            (h, self.is_plain(h))
+            (url, None)
         };
         // hosts.toml URLs may carry the API path (`https://host/v2`); oci-client adds its own.
         let host = host.split('/').next().unwrap_or(host).to_string();
         Endpoint {
-            skip_verify: self.skip_verify.iter().any(|s| s == &host),
-            plain_http: plain || self.is_plain(&host),
+            options: self.options.get(&host).cloned().unwrap_or_default(),
+            plain_http: scheme.unwrap_or_else(|| self.is_plain(&host)),
             host,
         }
     }
@@ -176,6 +238,7 @@ impl RegistryHosts {
             };
             let parsed: HostsFile = toml::from_str(&text)
                 .map_err(|err| crate::error::malformed(file.display().to_string(), err))?;
+            let base = e.path();
             let mut mirrors = Vec::new();
             for (url, v) in parsed.host {
                 let entry: HostEntry = v.try_into().map_err(|err| {
@@ -189,13 +252,17 @@ impl RegistryHosts {
                     continue;
                 }
                 let ep = hosts.endpoint(&url);
-                if entry.skip_verify {
-                    hosts.skip_verify.push(ep.host.clone());
-                }
+                hosts.options.insert(ep.host, entry.options(&base));
                 mirrors.push(url);
             }
             if !mirrors.is_empty() {
                 hosts.mirrors.insert(registry.clone(), mirrors);
+            }
+            let server_url = parsed.server.clone().unwrap_or_else(|| registry.clone());
+            let opts = parsed.server_entry.options(&base);
+            if opts != HostOptions::default() {
+                let ep = hosts.endpoint(&server_url);
+                hosts.options.insert(ep.host, opts);
             }
             if let Some(server) = parsed.server {
                 hosts.servers.insert(registry, server);
@@ -271,7 +338,7 @@ mod tests {
         let e = h.endpoints("docker.io");
         let got: Vec<(&str, bool, bool)> = e
             .iter()
-            .map(|e| (e.host.as_str(), e.plain_http, e.skip_verify))
+            .map(|e| (e.host.as_str(), e.plain_http, e.options.skip_verify))
             .collect();
         assert_eq!(
             got,
@@ -281,5 +348,41 @@ mod tests {
                 ("registry-1.docker.io", false, false)
             ]
         );
+
+        let t = dir.path().join("tls.example");
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(
+            t.join("hosts.toml"),
+            r#"ca = "ca.pem"
+[host."https://m.example:5000"]
+  ca = ["/abs/a.pem", "b.pem"]
+  skip_verify = true
+  override_path = true
+  [host."https://m.example:5000".header]
+    x-custom = ["1", "2"]
+"#,
+        )
+        .unwrap();
+        let h = RegistryHosts::load_dir(dir.path()).unwrap();
+        let e = h.endpoints("tls.example");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].host, "m.example:5000");
+        assert_eq!(
+            e[0].options,
+            HostOptions {
+                skip_verify: true,
+                ca: vec![PathBuf::from("/abs/a.pem"), t.join("b.pem")],
+                unsupported: vec!["header".into(), "override_path".into()],
+            }
+        );
+        assert_eq!(e[1].host, "tls.example");
+        assert!(!e[1].plain_http);
+        assert_eq!(e[1].options.ca, vec![t.join("ca.pem")]);
+        assert!(e[1].options.unsupported.is_empty());
+        // An explicit https:// is TLS even for 127.0.0.1.
+        let mut h = RegistryHosts::default();
+        h.servers
+            .insert("x".into(), "https://127.0.0.1:5000".into());
+        assert!(!h.endpoints("x")[0].plain_http);
     }
 }

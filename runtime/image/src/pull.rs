@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -31,23 +33,94 @@ fn registry_err(r: &ImageRef, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Attempts at one blob while a broken connection still brings new bytes (each continues with
+/// an HTTP range from what is on disk).
+const BLOB_ATTEMPTS: usize = 4;
+
+/// Why one attempt at a blob stopped.
+enum Fetch {
+    /// The request failed (not retried here).
+    Request(Error),
+    /// The body broke off after the request succeeded.
+    Body(Error),
+}
+
 impl Remote {
-    fn new(ep: &Endpoint, r: &ImageRef, auth: RegistryAuth) -> Self {
+    fn new(ep: &Endpoint, r: &ImageRef, auth: RegistryAuth) -> Result<Self> {
+        if !ep.options.unsupported.is_empty() {
+            return Err(Error::Unimplemented(format!(
+                "hosts.toml {} for {}",
+                ep.options.unsupported.join(", "),
+                ep.host
+            )));
+        }
+        let mut certs = Vec::new();
+        for path in &ep.options.ca {
+            let data = std::fs::read(path).map_err(crate::error::io_err("read CA", path))?;
+            certs.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
         let config = ClientConfig {
             protocol: if ep.plain_http {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https
             },
-            accept_invalid_certificates: ep.skip_verify,
+            accept_invalid_certificates: ep.options.skip_verify,
+            accept_invalid_hostnames: ep.options.skip_verify,
+            extra_root_certificates: certs,
             ..Default::default()
         };
-        Self {
-            client: Client::new(config),
+        let client = Client::try_from(config)
+            .map_err(|e| registry_err(r, format!("{}: client: {e}", ep.host)))?;
+        Ok(Self {
+            client,
             reference: r.to_oci(&ep.host),
             auth,
             host: ep.host.clone(),
+        })
+    }
+
+    /// What the reference names: its manifest or index bytes and digest. A tag is resolved
+    /// with a HEAD request (as containerd does) and the document is fetched by digest only
+    /// when the content store lacks it, so a re-pull of an unchanged tag costs one request.
+    async fn resolve(&self, store: &ImageStore, r: &ImageRef) -> Result<(Vec<u8>, Digest)> {
+        let digest = match self.reference.digest() {
+            Some(d) => Digest::parse(d)?,
+            None => {
+                let d = self
+                    .client
+                    .fetch_manifest_digest(&self.reference, &self.auth)
+                    .await
+                    .map_err(|e| registry_err(r, format!("{}: {e}", self.host)))?;
+                Digest::parse(&d)?
+            }
+        };
+        if let Ok(data) = store.content.read(&digest) {
+            return Ok((data, digest));
         }
+        let by = self.reference.clone_with_digest(digest.to_string());
+        let (data, actual) = self.manifest(r, &by).await?;
+        digest.verify(&actual)?;
+        Ok((data, actual))
+    }
+
+    /// A platform manifest of an index, from the content store when it is there.
+    async fn child(
+        &self,
+        store: &ImageStore,
+        r: &ImageRef,
+        d: &model::Descriptor,
+    ) -> Result<(Vec<u8>, Digest)> {
+        if let Ok(data) = store.content.read(&d.digest) {
+            return Ok((data, d.digest.clone()));
+        }
+        let by = self.reference.clone_with_digest(d.digest.to_string());
+        let (m, md) = self.manifest(r, &by).await?;
+        d.digest.verify(&md)?;
+        Ok((m, md))
     }
 
     /// Fetches a manifest or index; returns its bytes and digest (verified against the
@@ -71,7 +144,10 @@ impl Remote {
         Ok((data.to_vec(), actual))
     }
 
-    /// Streams a blob into the content store (once, under its lock) and verifies it.
+    /// Streams a blob into the content store (once, under its lock) and verifies it. A
+    /// `.partial` file left by an earlier attempt is continued with a range request, and a
+    /// connection that breaks off mid-blob is resumed the same way; the digest is checked
+    /// over the whole blob.
     async fn blob(&self, store: &ImageStore, r: &ImageRef, d: &model::Descriptor) -> Result<()> {
         let content = store.content().clone();
         if content.has(&d.digest) {
@@ -87,24 +163,86 @@ impl Remote {
         if content.has(&d.digest) {
             return Ok(());
         }
-        let mut writer = content.writer(&d.digest, Some(d.size))?;
-        let digest_str = d.digest.to_string();
-        let mut s = self
-            .client
-            .pull_blob_stream(&self.reference, digest_str.as_str())
-            .await
-            .map_err(|e| registry_err(r, format!("blob {}: {e}", d.digest)))?;
-        while let Some(chunk) = s
-            .stream
-            .try_next()
-            .await
-            .map_err(|e| registry_err(r, format!("blob {}: {e}", d.digest)))?
-        {
-            writer.write_chunk(&chunk)?;
+        let mut writer = content.resume_writer(&d.digest, Some(d.size))?;
+        // Bytes kept on disk from an earlier pull (not those of this pull's own attempts).
+        let mut resumed = writer.offset() > 0;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let before = writer.offset();
+            match self.fetch_into(&mut writer, r, d).await {
+                Ok(()) => {}
+                Err(Fetch::Body(e)) if attempts < BLOB_ATTEMPTS && writer.offset() > before => {
+                    tracing::info!(blob = %d.digest, offset = writer.offset(), error = %e,
+                        "download broke off; resuming");
+                    continue;
+                }
+                Err(Fetch::Request(e) | Fetch::Body(e)) => return Err(e),
+            }
+            match writer.commit() {
+                // Bytes kept from an earlier attempt may be what was wrong (a partial file
+                // that was not synced before a crash): start over once from byte 0.
+                Err(Error::DigestMismatch { .. }) if resumed => {
+                    tracing::warn!(blob = %d.digest, "resumed blob failed verification; downloading it again");
+                    resumed = false;
+                    attempts = 0;
+                    writer = content.writer(&d.digest, Some(d.size))?;
+                }
+                res => {
+                    drop(lock);
+                    return res;
+                }
+            }
         }
-        writer.commit()?;
-        drop(lock);
-        Ok(())
+    }
+
+    /// One request for the rest of a blob (from `writer.offset()`), written as it arrives.
+    async fn fetch_into(
+        &self,
+        writer: &mut crate::content::BlobWriter,
+        r: &ImageRef,
+        d: &model::Descriptor,
+    ) -> std::result::Result<(), Fetch> {
+        let offset = writer.offset();
+        if offset == d.size {
+            return Ok(());
+        }
+        let digest_str = d.digest.to_string();
+        let req_err = |e: oci_client::errors::OciDistributionError| {
+            Fetch::Request(registry_err(r, format!("blob {}: {e}", d.digest)))
+        };
+        let mut s = if offset > 0 {
+            match self
+                .client
+                .pull_blob_stream_partial(&self.reference, digest_str.as_str(), offset, None)
+                .await
+                .map_err(req_err)?
+            {
+                BlobResponse::Partial(s) => s,
+                // The server sent the whole blob: start over.
+                BlobResponse::Full(s) => {
+                    writer.reset().map_err(Fetch::Request)?;
+                    s
+                }
+            }
+        } else {
+            self.client
+                .pull_blob_stream(&self.reference, digest_str.as_str())
+                .await
+                .map_err(req_err)?
+        };
+        loop {
+            match s.stream.try_next().await {
+                Ok(Some(chunk)) => writer.write_chunk(&chunk).map_err(Fetch::Request)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(Fetch::Body(registry_err(
+                        r,
+                        format!("blob {}: {e}", d.digest),
+                    )));
+                }
+            }
+        }
     }
 }
 
@@ -136,7 +274,7 @@ impl ImageStore {
     async fn pull_locked(&self, r: &ImageRef, auth: RegistryAuth) -> Result<Image> {
         let mut last_err = None;
         for ep in self.config.hosts.endpoints(&r.registry) {
-            let remote = Remote::new(&ep, r, auth.clone());
+            let remote = Remote::new(&ep, r, auth.clone())?;
             match self.pull_from(&remote, r).await {
                 Ok(img) => return Ok(img),
                 // Only failures to reach or read a mirror fall through to the next endpoint;
@@ -152,7 +290,7 @@ impl ImageStore {
     }
 
     async fn pull_from(&self, remote: &Remote, r: &ImageRef) -> Result<Image> {
-        let (data, target) = remote.manifest(r, &remote.reference).await?;
+        let (data, target) = remote.resolve(self, r).await?;
         let (manifest_data, manifest_digest) = match model::parse_document(&r.full(), &data, None)?
         {
             Document::Manifest(_) => (data.clone(), target.clone()),
@@ -164,10 +302,7 @@ impl ImageStore {
                         platform: want.to_string(),
                     }
                 })?;
-                let by = remote.reference.clone_with_digest(d.digest.to_string());
-                let (m, md) = remote.manifest(r, &by).await?;
-                d.digest.verify(&md)?;
-                (m, md)
+                remote.child(self, r, d).await?
             }
         };
         let m = match model::parse_document(&manifest_digest.to_string(), &manifest_data, None)? {
@@ -181,33 +316,63 @@ impl ImageStore {
         let cfg = model::parse_config(&m.config.digest.to_string(), &cdata, m.layers.len())?;
         let chains = chain_ids(&cfg.rootfs.diff_ids);
 
-        // Layers: download and unpack, a bounded number at a time.
+        // Layers: download and unpack, a bounded number at a time. A layer is unpacked as
+        // soon as it is downloaded without waiting for the layers below; one that turns out to
+        // need them (a parent directory it does not carry, a hard link into a lower layer) is
+        // unpacked again, in order, once every other layer is committed.
         let this = Arc::new(self.clone());
+        let chains_ref = &chains;
         let jobs = m
             .layers
             .iter()
             .zip(cfg.rootfs.diff_ids.iter())
             .zip(chains.iter())
-            .map(|((l, diff), chain)| {
+            .enumerate()
+            .map(|(i, ((l, diff), chain))| {
                 let this = this.clone();
                 async move {
                     if this.snapshots.has_committed(chain) && this.content.has(&l.digest) {
-                        return Ok::<(), Error>(());
+                        return Ok::<Option<usize>, Error>(None);
                     }
                     remote.blob(&this, r, l).await?;
                     let (this2, l2, diff2, chain2) =
                         (this.clone(), l.clone(), diff.clone(), chain.clone());
-                    tokio::task::spawn_blocking(move || this2.unpack_layer(&l2, &diff2, &chain2))
-                        .await
-                        .map_err(|e| registry_err(r, format!("unpack task: {e}")))?
+                    let base = i == 0;
+                    let res = tokio::task::spawn_blocking(move || {
+                        this2.unpack_layer(&l2, &diff2, &chain2, base.then_some(&[][..]))
+                    })
+                    .await
+                    .map_err(|e| registry_err(r, format!("unpack task: {e}")))?;
+                    match res {
+                        Ok(()) => Ok(None),
+                        Err(Error::NeedsParents(_)) => Ok(Some(i)),
+                        Err(e) => Err(e),
+                    }
                 }
             });
-        let results: Vec<Result<()>> = stream::iter(jobs)
+        let results: Vec<Result<Option<usize>>> = stream::iter(jobs)
             .buffer_unordered(self.config.max_concurrent_downloads.max(1))
             .collect()
             .await;
+        let mut deferred = Vec::new();
         for res in results {
-            res?;
+            if let Some(i) = res? {
+                deferred.push(i);
+            }
+        }
+        deferred.sort_unstable();
+        for i in deferred {
+            let (this2, l2, diff2, chains2) = (
+                this.clone(),
+                m.layers[i].clone(),
+                cfg.rootfs.diff_ids[i].clone(),
+                chains_ref.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                this2.unpack_layer(&l2, &diff2, &chains2[i], Some(&chains2[..i]))
+            })
+            .await
+            .map_err(|e| registry_err(r, format!("unpack task: {e}")))??;
         }
 
         // Manifests last: a crash before this point leaves no trace in the image list.

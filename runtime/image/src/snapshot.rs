@@ -265,7 +265,7 @@ impl Snapshotter {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-        } else {
+        } else if opts.len() < page_size() {
             nix::mount::mount(
                 Some("overlay"),
                 target,
@@ -273,6 +273,26 @@ impl Snapshotter {
                 MsFlags::empty(),
                 Some(opts.as_str()),
             )
+        } else {
+            // mount(2) copies at most one page of options: pass each layer on its own with
+            // the new mount API (`lowerdir+`, Linux 6.8+).
+            let lowers: Vec<PathBuf> = snap
+                .parents
+                .iter()
+                .rev()
+                .map(|c| self.committed_path(c))
+                .collect();
+            mount_overlay_fsconfig(&lowers, &dir.join("upper"), &dir.join("work"), target)
+                .map_err(|e| Error::Snapshot {
+                    key: key.to_string(),
+                    reason: format!(
+                        "{} layers: the overlay options ({} bytes) pass one page and the \
+                         new mount API failed (lowerdir+ needs Linux 6.8): {e}",
+                        lowers.len(),
+                        opts.len()
+                    ),
+                })?;
+            Ok(())
         };
         res.map_err(|e| Error::Snapshot {
             key: key.to_string(),
@@ -323,4 +343,106 @@ pub fn remove_tree(p: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("lstat", p)(e)),
     }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the running system; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+/// An overlay mount made with fsopen/fsconfig/fsmount/move_mount, one `lowerdir+` per layer
+/// (top first, as in a `lowerdir=` list), so the number of layers is not bound by the page
+/// that mount(2) copies its options into.
+fn mount_overlay_fsconfig(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // From <linux/mount.h>.
+    const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+    let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+    let fd_of = |rc: libc::c_long| -> std::io::Result<OwnedFd> {
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::c_int::try_from(rc).map_err(std::io::Error::other)?;
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let fstype = cstr(b"overlay")?;
+    // SAFETY: fsopen with a NUL-terminated name that outlives the call.
+    let fs = fd_of(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let set = |key: &str, value: &Path| -> std::io::Result<()> {
+        let k = cstr(key.as_bytes())?;
+        let v = cstr(value.as_os_str().as_bytes())?;
+        // SAFETY: fsconfig on our fs context with NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{key}={}: {e}", value.display()),
+            ));
+        }
+        Ok(())
+    };
+    for l in lowers {
+        set("lowerdir+", l)?;
+    }
+    set("upperdir", upper)?;
+    set("workdir", work)?;
+    // SAFETY: fsconfig CMD_CREATE on our context; no pointers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fsmount on our configured context; no pointers are passed.
+    let mnt =
+        fd_of(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    let empty = cstr(b"")?;
+    let to = cstr(target.as_os_str().as_bytes())?;
+    // SAFETY: move_mount of our detached mount onto `target`; both strings are
+    // NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
