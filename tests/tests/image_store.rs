@@ -474,4 +474,103 @@ fn layers_follow_lower_symlinked_dirs_and_copy_up_hard_link_targets() {
     if let Err(p) = check {
         std::panic::resume_unwind(p);
     }
+
+    // Pulled, the layers unpack in parallel; the top one needs its parents and is unpacked
+    // again once they are committed, with the same result.
+    let reg = Registry::start().unwrap();
+    reg.push_layout(layout.path(), "v1", "kt/lowers", &[])
+        .unwrap();
+    let other = ImageStore::open(StoreConfig::new(dir.path().join("pulled"))).unwrap();
+    let pulled = rt()
+        .block_on(other.pull(
+            &format!("{}/kt/lowers:v1", reg.addr()),
+            &AuthConfig::default(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.chain_ids, img.chain_ids);
+    let top = other.snapshotter().committed_path(&pulled.chain_ids[2]);
+    assert_eq!(fs::read(top.join("usr/lib/added")).unwrap(), b"added");
+    assert_eq!(fs::read(top.join("usr/lib/data")).unwrap(), b"lower data");
+    assert_eq!(fs::metadata(top.join("via-symlink")).unwrap().nlink(), 3);
+}
+
+#[test]
+fn native_snapshotter_copies_the_merged_layers() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut layout = Layout::new().unwrap();
+    layout
+        .add_tagged(
+            &ImageSpec::new(busybox_three_layers(Compression::Gzip).unwrap()),
+            "v1",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path().join("root"));
+    cfg.snapshotter = "native".parse().unwrap();
+    assert!("zfs".parse::<keelson_image::SnapshotterKind>().is_err());
+    let store = ImageStore::open(cfg).unwrap();
+    store
+        .import(layout.path(), Some("kt.local/native:v1"))
+        .unwrap();
+    let snap = store.prepare_snapshot("nat", "kt.local/native:v1").unwrap();
+    assert_eq!(snap.kind, keelson_image::SnapshotterKind::Native);
+    assert_eq!(store.snapshotter().mount_options(&snap), "");
+    let mnt = MountDir::new().unwrap();
+    store.mount_snapshot("nat", mnt.path()).unwrap();
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let root = mnt.path();
+        // A bind mount of a plain directory, not overlay.
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap()))
+            .unwrap();
+        assert!(!line.contains(" - overlay "), "{line}");
+        assert!(root.join("bin/busybox").is_file());
+        assert!(!root.join("data/a").exists(), "whiteout applied");
+        let b = fs::metadata(root.join("data/b")).unwrap();
+        assert_eq!(
+            (b.mode() & 0o7777, b.uid(), b.mtime()),
+            (0o640, 1000, 1_600_000_000)
+        );
+        assert!(
+            fs::metadata(root.join("data/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(
+            fs::metadata(root.join("keep/x")).unwrap().ino(),
+            fs::metadata(root.join("keep/x-link")).unwrap().ino()
+        );
+        let mut opq: Vec<String> = fs::read_dir(root.join("opq"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        opq.sort();
+        assert_eq!(opq, ["new"]);
+        // No whiteout devices or overlay xattrs are left in the copy.
+        assert!(
+            xattr::get(root.join("opq"), "trusted.overlay.opaque")
+                .unwrap()
+                .is_none()
+        );
+        let out = Command::new("chroot")
+            .arg(root)
+            .args(["/bin/busybox", "cat", "/data/b"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"b\n");
+        // Writes stay in the container's copy.
+        fs::write(root.join("data/b"), b"changed").unwrap();
+    }));
+    store.remove_snapshot("nat").unwrap();
+    if let Err(p) = check {
+        std::panic::resume_unwind(p);
+    }
+    // The committed layer was not touched.
+    let img = store.get("kt.local/native:v1").unwrap();
+    let second = store.snapshotter().committed_path(&img.chain_ids[1]);
+    assert_eq!(fs::read(second.join("data/b")).unwrap(), b"b\n");
+    assert_eq!(count(&dir.path().join("root/snapshots/active")), 0);
 }

@@ -29,5 +29,6 @@ pub use digest::Digest;
 pub use error::{Error, Result};
 pub use model::Platform;
 pub use reference::ImageRef;
+pub use snapshot::SnapshotterKind;
 pub use store::{GcStats, Image, ImageStore, StoreConfig};
 pub use unpack::UnpackOptions;

@@ -15,7 +15,7 @@ use crate::fsutil::{self, FileLock};
 use crate::meta::{ImageRecord, MetaStore};
 use crate::model::{self, Document, Platform};
 use crate::reference::ImageRef;
-use crate::snapshot::{ActiveSnapshot, Snapshotter};
+use crate::snapshot::{ActiveSnapshot, Snapshotter, SnapshotterKind};
 use crate::unpack::{self, Compression, UnpackOptions};
 
 /// How a store behaves.
@@ -27,6 +27,8 @@ pub struct StoreConfig {
     pub max_concurrent_downloads: usize,
     pub hosts: RegistryHosts,
     pub platform: Platform,
+    /// How containers' snapshots are made (overlayfs, or copies where it is missing).
+    pub snapshotter: SnapshotterKind,
 }
 
 impl StoreConfig {
@@ -38,6 +40,7 @@ impl StoreConfig {
             max_concurrent_downloads: 3,
             hosts: RegistryHosts::default(),
             platform: Platform::host(),
+            snapshotter: SnapshotterKind::default(),
         }
     }
 }
@@ -80,7 +83,7 @@ impl ImageStore {
         let root = &config.root;
         fsutil::mkdir_p(root)?;
         let content = ContentStore::open(&root.join("content"))?;
-        let snapshots = Snapshotter::open(&root.join("snapshots"))?;
+        let snapshots = Snapshotter::open_with(&root.join("snapshots"), config.snapshotter)?;
         let meta = MetaStore::open(&root.join("metadata"))?;
         Ok(Self {
             config,
