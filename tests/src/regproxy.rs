@@ -35,6 +35,11 @@ pub struct ProxyConfig {
     pub cut: Option<(String, u64, usize)>,
     /// Serve TLS with this PEM certificate (chain) and PKCS#8 PEM key.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// With `tls`: demand a client certificate signed by this PEM CA.
+    pub client_ca: Option<Vec<u8>>,
+    /// Serve the registry API under this path prefix (`/prefix/v2/...`) and answer 404
+    /// elsewhere, as a registry behind a path-routing proxy (hosts.toml `override_path`).
+    pub path_prefix: Option<String>,
 }
 
 /// One request the proxy saw.
@@ -64,7 +69,7 @@ struct Shared {
     issued: AtomicUsize,
     cuts_left: AtomicUsize,
     stop: AtomicBool,
-    tls: Option<native_tls::TlsAcceptor>,
+    tls: Option<openssl::ssl::SslAcceptor>,
 }
 
 /// A running proxy.
@@ -81,10 +86,7 @@ impl RegistryProxy {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?.to_string();
         let tls = match &config.tls {
-            Some((cert, key)) => {
-                let id = native_tls::Identity::from_pkcs8(cert, key).map_err(io::Error::other)?;
-                Some(native_tls::TlsAcceptor::new(id).map_err(io::Error::other)?)
-            }
+            Some((cert, key)) => Some(acceptor(cert, key, config.client_ca.as_deref())?),
             None => None,
         };
         let cuts = config.cut.as_ref().map_or(0, |c| c.2);
@@ -155,6 +157,35 @@ impl Drop for RegistryProxy {
     }
 }
 
+fn acceptor(
+    cert: &[u8],
+    key: &[u8],
+    client_ca: Option<&[u8]>,
+) -> io::Result<openssl::ssl::SslAcceptor> {
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode};
+    let e = io::Error::other;
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(e)?;
+    let mut chain = openssl::x509::X509::stack_from_pem(cert)
+        .map_err(e)?
+        .into_iter();
+    let leaf = chain
+        .next()
+        .ok_or_else(|| io::Error::other("no certificate"))?;
+    b.set_certificate(&leaf).map_err(e)?;
+    for c in chain {
+        b.add_extra_chain_cert(c).map_err(e)?;
+    }
+    let pkey = openssl::pkey::PKey::private_key_from_pem(key).map_err(e)?;
+    b.set_private_key(&pkey).map_err(e)?;
+    if let Some(ca) = client_ca {
+        for c in openssl::x509::X509::stack_from_pem(ca).map_err(e)? {
+            b.cert_store_mut().add_cert(c).map_err(e)?;
+        }
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    }
+    Ok(b.build())
+}
+
 fn read_head(c: &mut dyn Conn) -> io::Result<Vec<u8>> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -218,14 +249,16 @@ fn respond(c: &mut dyn Conn, status: &str, extra: &[(&str, String)], body: &str)
 fn serve(s: &Shared, tcp: TcpStream) -> io::Result<()> {
     let mut conn: Box<dyn Conn> = match &s.tls {
         Some(acc) => Box::new(acc.accept(tcp.try_clone()?).map_err(io::Error::other)?),
+        // (a refused client certificate ends the connection in the handshake, before any
+        // request is read or recorded)
         None => Box::new(tcp.try_clone()?),
     };
     let head = read_head(conn.as_mut())?;
     let head = String::from_utf8_lossy(&head).into_owned();
-    let (first, headers) = parse_headers(&head);
+    let (mut first, headers) = parse_headers(&head);
     let mut parts = first.split(' ');
     let method = parts.next().unwrap_or_default().to_string();
-    let raw_path = parts.next().unwrap_or_default().to_string();
+    let mut raw_path = parts.next().unwrap_or_default().to_string();
     let seen = Seen {
         method: method.clone(),
         path: percent_decode(&raw_path),
@@ -235,6 +268,15 @@ fn serve(s: &Shared, tcp: TcpStream) -> io::Result<()> {
         v.push(seen.clone());
     }
     let scheme = if s.tls.is_some() { "https" } else { "http" };
+    if let Some(prefix) = &s.config.path_prefix {
+        match raw_path.strip_prefix(prefix.as_str()) {
+            Some(rest) if rest.starts_with("/v2/") => {
+                raw_path = rest.to_string();
+                first = format!("{method} {raw_path} HTTP/1.1");
+            }
+            _ => return respond(conn.as_mut(), "404 Not Found", &[], "not here\n"),
+        }
+    }
 
     if let Some(auth) = &s.config.token_auth {
         if raw_path.starts_with("/token") {

@@ -2,13 +2,14 @@
 //! (keelson_tests::regproxy): bearer-token auth (anonymous tokens, a token endpoint behind
 //! basic credentials, a CRI `registry_token`), a re-pull of an unchanged tag costing one HEAD,
 //! blob downloads resumed with HTTP ranges after a connection breaks off (in one pull and
-//! across pulls), and hosts.toml TLS settings (`ca`, `skip_verify`) and the keys the client
-//! refuses (`client`, `header`, `override_path`).
+//! across pulls), and hosts.toml settings: `ca`, `skip_verify`, `header`, `override_path` and
+//! `client` against a TLS proxy.
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use keelson_image::auth::HostOptions;
 use keelson_image::{AuthConfig, Error, ImageStore, RegistryHosts, StoreConfig};
 use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
 use keelson_tests::registry::Registry;
@@ -134,6 +135,33 @@ fn bearer_token_auth() {
             .any(|s| s.header("authorization") == Some("Basic a3R1c2VyOmt0cGFzcw=="))
     );
 
+    // The same through the store's own client (a host with a `header` setting).
+    let mut hosts = RegistryHosts::default();
+    hosts.options.insert(
+        basic.addr().to_string(),
+        HostOptions {
+            headers: vec![("x-kt".into(), "direct".into())],
+            ..Default::default()
+        },
+    );
+    let (_d, direct) = store_with(hosts);
+    let issued = basic.tokens_issued();
+    let err = rt
+        .block_on(direct.pull(&name, &AuthConfig::basic("ktuser", "wrong")))
+        .unwrap_err();
+    assert!(matches!(err, Error::Registry { .. }), "{err}");
+    let img3 = rt
+        .block_on(direct.pull(&name, &AuthConfig::basic("ktuser", "ktpass")))
+        .unwrap();
+    assert_eq!(img3.id, img.id);
+    assert_eq!(basic.tokens_issued(), issued + 1);
+    assert!(
+        basic
+            .seen()
+            .iter()
+            .any(|q| q.path.contains("/blobs/") && q.header("x-kt") == Some("direct"))
+    );
+
     // A CRI registry_token is sent as is: no token request.
     let issued = basic.tokens_issued();
     let token_requests = basic.count("GET", "/token");
@@ -240,6 +268,34 @@ fn interrupted_blob_downloads_resume_with_a_range() {
         fs::read(reg.blob_data(&layer)).unwrap()
     );
     assert_eq!(store.get(&name).unwrap().id, img.id);
+
+    // The same through the store's own client (a host with a `header` setting).
+    let once2 = RegistryProxy::start(ProxyConfig {
+        upstream: reg.addr().into(),
+        cut: Some((layer.clone(), CUT, 1)),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut hosts = RegistryHosts::default();
+    hosts.options.insert(
+        once2.addr().to_string(),
+        HostOptions {
+            headers: vec![("x-kt".into(), "direct".into())],
+            ..Default::default()
+        },
+    );
+    let (_d, store) = store_with(hosts);
+    let img_direct = rt
+        .block_on(store.pull(
+            &format!("{}/kt/resume:v1", once2.addr()),
+            &AuthConfig::default(),
+        ))
+        .unwrap();
+    assert_eq!(img_direct.id, img.id);
+    assert_eq!(
+        layer_gets(&once2),
+        vec![None, Some(format!("bytes={CUT}-"))]
+    );
 
     // Cut more often than one pull tries: the pull fails and keeps what it got; the next
     // pull continues from there.
@@ -368,6 +424,37 @@ fn tls_material(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         "-extfile",
         "ext.cnf",
     ]);
+    // A client certificate (cli.pem + cli.key, PKCS#8) from the same CA.
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "cli.key",
+        "-out",
+        "cli.csr",
+        "-subj",
+        "/CN=kt-client",
+    ]);
+    fs::write(dir.join("cli.cnf"), "extendedKeyUsage=clientAuth\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "cli.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cli.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "cli.cnf",
+    ]);
     (
         fs::read(dir.join("ca.pem")).unwrap(),
         fs::read(dir.join("srv.pem")).unwrap(),
@@ -376,7 +463,7 @@ fn tls_material(dir: &Path) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 #[test]
-fn hosts_toml_tls_ca_skip_verify_and_refused_keys() {
+fn hosts_toml_ca_skip_verify_header_override_path_and_client() {
     let reg = Registry::start().unwrap();
     push(&reg, &small_image("tls"), "kt/tls", "v1");
     let tmp = tempfile::Builder::new()
@@ -437,16 +524,81 @@ fn hosts_toml_tls_ca_skip_verify_and_refused_keys() {
     let err = res.unwrap_err();
     assert!(err.to_string().contains("missing.pem"), "{err}");
 
-    // Keys the pull client cannot honour are refused, not ignored.
+    // `header`: sent with every request (a name may repeat).
     let before = proxy.seen().len();
     let (_d, res) = pull(&format!(
-        "{server}ca = \"ca.pem\"\nclient = [[\"c.pem\", \"c.key\"]]\noverride_path = true\n[header]\n  x-kt = \"1\"\n"
+        "{server}ca = \"ca.pem\"\n[header]\n  x-kt-test = [\"one\", \"two\"]\n  x-kt-single = \"s\"\n"
     ));
-    let err = res.unwrap_err();
-    assert!(matches!(err, Error::Unimplemented(_)), "{err}");
-    let msg = err.to_string();
-    for k in ["client", "header", "override_path"] {
-        assert!(msg.contains(k), "{msg}");
+    assert_eq!(res.unwrap().id, img.id);
+    let seen = proxy.seen();
+    let reqs = &seen[before..];
+    assert!(reqs.iter().any(|q| q.method == "HEAD"), "{reqs:#?}");
+    for q in reqs {
+        let xs: Vec<&str> = q
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "x-kt-test")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert!(xs == ["one", "two"] || xs == ["one, two"], "{q:?}");
+        assert_eq!(q.header("x-kt-single"), Some("s"), "{q:?}");
     }
-    assert_eq!(proxy.seen().len(), before, "no request was made");
+
+    let srv = || {
+        (
+            fs::read(tmp.path().join("srv.pem")).unwrap(),
+            fs::read(tmp.path().join("srv.key")).unwrap(),
+        )
+    };
+    // `override_path`: the URL's path is the API root.
+    let routed = RegistryProxy::start(ProxyConfig {
+        upstream: reg.addr().into(),
+        tls: Some(srv()),
+        path_prefix: Some("/kt-mirror".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let host = format!(
+        "[host.\"https://{}/kt-mirror/v2\"]\n  capabilities = [\"pull\", \"resolve\"]\n  ca = \"ca.pem\"\n",
+        routed.addr()
+    );
+    let (_d, res) = pull(&format!("{host}  override_path = true\n"));
+    assert_eq!(res.unwrap().id, img.id);
+    let seen = routed.seen();
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter()
+            .all(|q| q.path.starts_with("/kt-mirror/v2/kt/tls/")),
+        "{seen:#?}"
+    );
+    // Without it `/v2` is added and the routed registry does not answer there.
+    let n = routed.seen().len();
+    let (_d, res) = pull(&host);
+    assert!(res.is_err());
+    let seen = routed.seen();
+    assert!(seen.len() > n);
+    assert!(seen[n..].iter().all(|q| q.path.starts_with("/v2/")));
+
+    // `client`: a registry that demands a client certificate.
+    let mtls = RegistryProxy::start(ProxyConfig {
+        upstream: reg.addr().into(),
+        tls: Some(srv()),
+        client_ca: Some(ca.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let server = format!("server = \"https://{}\"\nca = \"ca.pem\"\n", mtls.addr());
+    let (_d, res) = pull(&server);
+    assert!(matches!(res, Err(Error::Registry { .. })), "{res:?}");
+    assert!(mtls.seen().is_empty(), "no request passes the handshake");
+    for f in ["cli.pem", "cli.key"] {
+        fs::copy(tmp.path().join(f), host_dir.join(f)).unwrap();
+    }
+    let (_d, res) = pull(&format!("{server}client = [\"cli.pem\", \"cli.key\"]\n"));
+    assert_eq!(res.unwrap().id, img.id);
+    assert_eq!(mtls.count("GET", "/v2/kt/tls/blobs/"), 3);
+    // A client file that is not there is an error.
+    let (_d, res) = pull(&format!("{server}client = \"nope.pem\"\n"));
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("nope.pem"), "{err}");
 }

@@ -102,16 +102,29 @@ pub struct HostOptions {
     pub skip_verify: bool,
     /// PEM CA certificates trusted for this host in addition to the system's (`ca`).
     pub ca: Vec<PathBuf>,
-    /// hosts.toml keys set for this host that the pull client cannot honour (`client`,
-    /// `header`, `override_path`): a pull through the host fails with `unimplemented`
-    /// rather than ignoring them.
-    pub unsupported: Vec<String>,
+    /// TLS client certificates: (PEM certificate, PKCS#8 PEM key; `None`: the key is in the
+    /// certificate's file) (`client`). The first one is presented.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    /// Headers sent with every request to the host (`header`; a name may repeat).
+    pub headers: Vec<(String, String)>,
+    /// The URL's path is the API root, `/v2` is not added (`override_path`).
+    pub override_path: bool,
+}
+
+impl HostOptions {
+    /// Whether oci-client cannot reach the host (extra headers, a client identity or another
+    /// API path): the store's own small client does.
+    pub(crate) fn needs_direct(&self) -> bool {
+        !self.headers.is_empty() || !self.client.is_empty() || self.override_path
+    }
 }
 
 /// One place to fetch from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
+    /// The URL's path (`/custom/v2` in `https://host/custom/v2`), used with `override_path`.
+    pub path: String,
     pub plain_http: bool,
     pub options: HostOptions,
 }
@@ -150,29 +163,65 @@ enum StringOrList {
 }
 
 impl HostEntry {
-    /// The options, with relative `ca` paths taken from `base` (the hosts.toml's directory,
-    /// as containerd does).
-    fn options(&self, base: &Path) -> HostOptions {
+    /// The options, with relative paths taken from `base` (the hosts.toml's directory, as
+    /// containerd does).
+    fn options(&self, base: &Path, file: &Path) -> Result<HostOptions> {
+        let bad = |what: String| crate::error::malformed(file.display().to_string(), what);
         let ca = match &self.ca {
             None => Vec::new(),
             Some(StringOrList::One(p)) => vec![p.clone()],
             Some(StringOrList::Many(v)) => v.clone(),
         };
-        let mut unsupported = Vec::new();
-        if self.client.is_some() {
-            unsupported.push("client".to_string());
+        let path_of = |v: &toml::Value| -> Result<PathBuf> {
+            v.as_str()
+                .map(|p| base.join(p))
+                .ok_or_else(|| bad(format!("client: {v:?} is not a path")))
+        };
+        let pair = |v: &toml::Value| -> Result<(PathBuf, Option<PathBuf>)> {
+            match v {
+                toml::Value::String(_) => Ok((path_of(v)?, None)),
+                toml::Value::Array(a) if a.len() == 2 => {
+                    let key = match a[1].as_str() {
+                        Some("") => None,
+                        _ => Some(path_of(&a[1])?),
+                    };
+                    Ok((path_of(&a[0])?, key))
+                }
+                other => Err(bad(format!(
+                    "client: {other:?} is neither a path nor [cert, key]"
+                ))),
+            }
+        };
+        let client = match &self.client {
+            None => Vec::new(),
+            Some(v @ toml::Value::String(_)) => vec![pair(v)?],
+            Some(toml::Value::Array(a)) if a.iter().all(|x| x.is_array()) => {
+                a.iter().map(pair).collect::<Result<_>>()?
+            }
+            Some(v) => vec![pair(v)?],
+        };
+        let mut headers = Vec::new();
+        for (k, v) in self.header.iter().flatten() {
+            match v {
+                toml::Value::String(s) => headers.push((k.clone(), s.clone())),
+                toml::Value::Array(a) => {
+                    for x in a {
+                        let s = x
+                            .as_str()
+                            .ok_or_else(|| bad(format!("header {k}: {x:?} is not a string")))?;
+                        headers.push((k.clone(), s.to_string()));
+                    }
+                }
+                other => return Err(bad(format!("header {k}: {other:?} is not a string"))),
+            }
         }
-        if self.header.as_ref().is_some_and(|h| !h.is_empty()) {
-            unsupported.push("header".to_string());
-        }
-        if self.override_path {
-            unsupported.push("override_path".to_string());
-        }
-        HostOptions {
+        Ok(HostOptions {
             skip_verify: self.skip_verify,
             ca: ca.into_iter().map(|p| base.join(p)).collect(),
-            unsupported,
-        }
+            client,
+            headers,
+            override_path: self.override_path,
+        })
     }
 }
 
@@ -193,10 +242,15 @@ impl RegistryHosts {
         } else {
             (url, None)
         };
-        // hosts.toml URLs may carry the API path (`https://host/v2`); oci-client adds its own.
-        let host = host.split('/').next().unwrap_or(host).to_string();
+        // hosts.toml URLs may carry the API path (`https://host/v2`); without
+        // `override_path` the client adds its own.
+        let (host, path) = match host.find('/') {
+            Some(i) => (host[..i].to_string(), host[i..].to_string()),
+            None => (host.to_string(), String::new()),
+        };
         Endpoint {
             options: self.options.get(&host).cloned().unwrap_or_default(),
+            path,
             plain_http: scheme.unwrap_or_else(|| self.is_plain(&host)),
             host,
         }
@@ -252,14 +306,14 @@ impl RegistryHosts {
                     continue;
                 }
                 let ep = hosts.endpoint(&url);
-                hosts.options.insert(ep.host, entry.options(&base));
+                hosts.options.insert(ep.host, entry.options(&base, &file)?);
                 mirrors.push(url);
             }
             if !mirrors.is_empty() {
                 hosts.mirrors.insert(registry.clone(), mirrors);
             }
             let server_url = parsed.server.clone().unwrap_or_else(|| registry.clone());
-            let opts = parsed.server_entry.options(&base);
+            let opts = parsed.server_entry.options(&base, &file)?;
             if opts != HostOptions::default() {
                 let ep = hosts.endpoint(&server_url);
                 hosts.options.insert(ep.host, opts);
@@ -358,6 +412,7 @@ mod tests {
   ca = ["/abs/a.pem", "b.pem"]
   skip_verify = true
   override_path = true
+  client = [["c.pem", "c.key"], ["/d.pem", ""]]
   [host."https://m.example:5000".header]
     x-custom = ["1", "2"]
 "#,
@@ -372,13 +427,23 @@ mod tests {
             HostOptions {
                 skip_verify: true,
                 ca: vec![PathBuf::from("/abs/a.pem"), t.join("b.pem")],
-                unsupported: vec!["header".into(), "override_path".into()],
+                client: vec![
+                    (t.join("c.pem"), Some(t.join("c.key"))),
+                    (PathBuf::from("/d.pem"), None)
+                ],
+                headers: vec![
+                    ("x-custom".into(), "1".into()),
+                    ("x-custom".into(), "2".into())
+                ],
+                override_path: true,
             }
         );
+        assert_eq!(e[0].path, "");
         assert_eq!(e[1].host, "tls.example");
         assert!(!e[1].plain_http);
         assert_eq!(e[1].options.ca, vec![t.join("ca.pem")]);
-        assert!(e[1].options.unsupported.is_empty());
+        assert!(!e[1].options.needs_direct());
+        assert!(e[0].options.needs_direct());
         // An explicit https:// is TLS even for 127.0.0.1.
         let mut h = RegistryHosts::default();
         h.servers

@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod content;
 pub mod digest;
+mod direct;
 pub mod error;
 pub mod export;
 pub mod fsutil;

@@ -13,14 +13,17 @@ use oci_client::{Client, Reference};
 
 use crate::auth::{AuthConfig, Endpoint};
 use crate::digest::{Digest, chain_ids};
+use crate::direct::{ByteStream, Direct};
 use crate::error::{Error, Result, malformed};
 use crate::model::{self, Document};
 use crate::reference::ImageRef;
 use crate::store::{Image, ImageStore};
 
-/// One registry endpoint with its client.
+/// One registry endpoint with its client: oci-client, or the store's own small client for
+/// hosts whose settings oci-client cannot carry (see `direct.rs`).
 struct Remote {
     client: Client,
+    direct: Option<Direct>,
     reference: Reference,
     auth: RegistryAuth,
     host: String,
@@ -47,21 +50,45 @@ enum Fetch {
 
 impl Remote {
     fn new(ep: &Endpoint, r: &ImageRef, auth: RegistryAuth) -> Result<Self> {
-        if !ep.options.unsupported.is_empty() {
-            return Err(Error::Unimplemented(format!(
-                "hosts.toml {} for {}",
-                ep.options.unsupported.join(", "),
-                ep.host
-            )));
-        }
-        let mut certs = Vec::new();
+        let mut pems = Vec::new();
         for path in &ep.options.ca {
-            let data = std::fs::read(path).map_err(crate::error::io_err("read CA", path))?;
-            certs.push(Certificate {
+            pems.push(std::fs::read(path).map_err(crate::error::io_err("read CA", path))?);
+        }
+        let reference = r.to_oci(&ep.host);
+        let direct = if ep.options.needs_direct() {
+            let mut ca = Vec::new();
+            for (pem, path) in pems.iter().zip(&ep.options.ca) {
+                ca.extend(
+                    reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| registry_err(r, format!("CA {}: {e}", path.display())))?,
+                );
+            }
+            let identity = match ep.options.client.first() {
+                None => None,
+                Some((cert, key)) => {
+                    let c = std::fs::read(cert).map_err(crate::error::io_err("read", cert))?;
+                    let k = match key {
+                        Some(k) => std::fs::read(k).map_err(crate::error::io_err("read", k))?,
+                        None => c.clone(),
+                    };
+                    Some(reqwest::Identity::from_pkcs8_pem(&c, &k).map_err(|e| {
+                        registry_err(r, format!("client certificate {}: {e}", cert.display()))
+                    })?)
+                }
+            };
+            let d = Direct::new(ep, reference.repository(), auth.clone(), ca, identity)
+                .map_err(|e| registry_err(r, format!("{}: {e}", ep.host)))?;
+            Some(d)
+        } else {
+            None
+        };
+        let certs = pems
+            .into_iter()
+            .map(|data| Certificate {
                 encoding: CertificateEncoding::Pem,
                 data,
-            });
-        }
+            })
+            .collect();
         let config = ClientConfig {
             protocol: if ep.plain_http {
                 ClientProtocol::Http
@@ -77,10 +104,86 @@ impl Remote {
             .map_err(|e| registry_err(r, format!("{}: client: {e}", ep.host)))?;
         Ok(Self {
             client,
-            reference: r.to_oci(&ep.host),
+            direct,
+            reference,
             auth,
             host: ep.host.clone(),
         })
+    }
+
+    /// The digest of the manifest or index a tag names (HEAD).
+    async fn head_digest(&self, r: &ImageRef) -> Result<Digest> {
+        let d = match &self.direct {
+            Some(d) => d
+                .head_digest(
+                    self.reference.tag().unwrap_or("latest"),
+                    &model::ACCEPTED_MANIFESTS.join(", "),
+                )
+                .await
+                .map_err(|e| registry_err(r, e))?,
+            None => self
+                .client
+                .fetch_manifest_digest(&self.reference, &self.auth)
+                .await
+                .map_err(|e| registry_err(r, format!("{}: {e}", self.host)))?,
+        };
+        Digest::parse(&d)
+    }
+
+    /// A manifest's raw bytes.
+    async fn manifest_bytes(&self, r: &ImageRef, by: &Reference) -> Result<Vec<u8>> {
+        match &self.direct {
+            Some(d) => {
+                let reference = by.digest().or(by.tag()).unwrap_or("latest").to_string();
+                d.manifest(
+                    &reference,
+                    &model::ACCEPTED_MANIFESTS.join(", "),
+                    crate::content::MAX_METADATA_BLOB,
+                )
+                .await
+                .map_err(|e| registry_err(r, e))
+            }
+            None => {
+                let (data, _) = self
+                    .client
+                    .pull_manifest_raw(by, &self.auth, model::ACCEPTED_MANIFESTS)
+                    .await
+                    .map_err(|e| registry_err(r, format!("{}: {e}", self.host)))?;
+                Ok(data.to_vec())
+            }
+        }
+    }
+
+    /// A blob's body from `offset`, and whether the server answered with that range (`false`:
+    /// the whole blob).
+    async fn blob_body(
+        &self,
+        r: &ImageRef,
+        d: &model::Descriptor,
+        offset: u64,
+    ) -> Result<(ByteStream, bool)> {
+        let digest = d.digest.to_string();
+        let err = |e: String| registry_err(r, format!("blob {}: {e}", d.digest));
+        if let Some(direct) = &self.direct {
+            return direct.blob(&digest, offset).await.map_err(err);
+        }
+        if offset == 0 {
+            let s = self
+                .client
+                .pull_blob_stream(&self.reference, digest.as_str())
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            return Ok((s.stream, false));
+        }
+        match self
+            .client
+            .pull_blob_stream_partial(&self.reference, digest.as_str(), offset, None)
+            .await
+            .map_err(|e| err(e.to_string()))?
+        {
+            BlobResponse::Partial(s) => Ok((s.stream, true)),
+            BlobResponse::Full(s) => Ok((s.stream, false)),
+        }
     }
 
     /// What the reference names: its manifest or index bytes and digest. A tag is resolved
@@ -89,14 +192,7 @@ impl Remote {
     async fn resolve(&self, store: &ImageStore, r: &ImageRef) -> Result<(Vec<u8>, Digest)> {
         let digest = match self.reference.digest() {
             Some(d) => Digest::parse(d)?,
-            None => {
-                let d = self
-                    .client
-                    .fetch_manifest_digest(&self.reference, &self.auth)
-                    .await
-                    .map_err(|e| registry_err(r, format!("{}: {e}", self.host)))?;
-                Digest::parse(&d)?
-            }
+            None => self.head_digest(r).await?,
         };
         if let Ok(data) = store.content.read(&digest) {
             return Ok((data, digest));
@@ -126,11 +222,7 @@ impl Remote {
     /// Fetches a manifest or index; returns its bytes and digest (verified against the
     /// reference's digest when it has one).
     async fn manifest(&self, r: &ImageRef, by: &Reference) -> Result<(Vec<u8>, Digest)> {
-        let (data, _) = self
-            .client
-            .pull_manifest_raw(by, &self.auth, model::ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| registry_err(r, format!("{}: {e}", self.host)))?;
+        let data = self.manifest_bytes(r, by).await?;
         if data.len() as u64 > crate::content::MAX_METADATA_BLOB {
             return Err(malformed(r.full(), "manifest larger than 8 MiB"));
         }
@@ -141,7 +233,7 @@ impl Remote {
                 want.verify(&actual)?;
             }
         }
-        Ok((data.to_vec(), actual))
+        Ok((data, actual))
     }
 
     /// Streams a blob into the content store (once, under its lock) and verifies it. A
@@ -207,32 +299,13 @@ impl Remote {
         if offset == d.size {
             return Ok(());
         }
-        let digest_str = d.digest.to_string();
-        let req_err = |e: oci_client::errors::OciDistributionError| {
-            Fetch::Request(registry_err(r, format!("blob {}: {e}", d.digest)))
-        };
-        let mut s = if offset > 0 {
-            match self
-                .client
-                .pull_blob_stream_partial(&self.reference, digest_str.as_str(), offset, None)
-                .await
-                .map_err(req_err)?
-            {
-                BlobResponse::Partial(s) => s,
-                // The server sent the whole blob: start over.
-                BlobResponse::Full(s) => {
-                    writer.reset().map_err(Fetch::Request)?;
-                    s
-                }
-            }
-        } else {
-            self.client
-                .pull_blob_stream(&self.reference, digest_str.as_str())
-                .await
-                .map_err(req_err)?
-        };
+        let (mut stream, partial) = self.blob_body(r, d, offset).await.map_err(Fetch::Request)?;
+        if offset > 0 && !partial {
+            // The server sent the whole blob: start over.
+            writer.reset().map_err(Fetch::Request)?;
+        }
         loop {
-            match s.stream.try_next().await {
+            match stream.try_next().await {
                 Ok(Some(chunk)) => writer.write_chunk(&chunk).map_err(Fetch::Request)?,
                 Ok(None) => return Ok(()),
                 Err(e) => {
