@@ -29,6 +29,7 @@ pub mod podman;
 pub mod probe;
 pub mod procs;
 pub mod registry;
+pub mod regproxy;
 pub mod runtime;
 pub mod spec;
 pub mod unique;

@@ -158,6 +158,15 @@ http:\n  addr: {addr}\n",
             .count()
     }
 
+    /// How many `method` requests for a path containing `fragment` the registry has answered.
+    pub fn requests(&self, method: &str, fragment: &str) -> usize {
+        let prefix = format!("\"{method} /v2/");
+        self.log()
+            .lines()
+            .filter(|l| l.contains(&prefix) && l.contains(fragment))
+            .count()
+    }
+
     /// Pushes an OCI layout's image (`oci:<dir>:<tag>`) to `<repo>:<tag>` here with skopeo.
     /// `extra` adds skopeo flags (`--all`, `--format v2s2`).
     pub fn push_layout(

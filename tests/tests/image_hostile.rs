@@ -2,6 +2,7 @@
 //! is written outside the snapshot, and a refused pull leaves no image and no snapshot.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use keelson_image::{AuthConfig, Error, ImageStore, StoreConfig};
@@ -139,56 +140,103 @@ fn absolute_paths_are_contained() {
 }
 
 #[test]
-fn writing_through_a_symlink_of_the_same_layer_is_refused() {
+fn writing_through_a_symlink_of_the_same_layer_is_contained() {
     let c = Case::new();
-    // absolute symlink to the outside dir, then a file below it
+    let outside = c.outside_abs();
+    let inside = outside.trim_start_matches('/').to_string();
+    // absolute symlink to the outside dir, then a file below it: resolved in the rootfs, the
+    // file lands at the same path inside the snapshot
     let layer = LayerBuilder::new()
-        .symlink("evil", &c.outside_abs())
-        .file("evil/pwned", b"x")
+        .symlink("evil", &outside)
+        .file("evil/pwned", b"abs")
         .finish();
-    c.assert_refused(c.pull("kt/symabs", vec![layer]), "symlink");
-    // relative symlink climbing out
+    let img = c.pull("kt/symabs", vec![layer]).unwrap();
+    c.assert_outside_untouched();
+    let top = c.store.snapshotter().committed_path(&img.chain_ids[0]);
+    assert_eq!(fs::read(top.join(&inside).join("pwned")).unwrap(), b"abs");
+    assert!(
+        fs::symlink_metadata(top.join("evil"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // relative symlink climbing out: `..` stops at the rootfs root (tar names here are
+    // at most 100 bytes, so five `..` rather than `up_to_outside`)
     let layer = LayerBuilder::new()
         .dir("d")
-        .symlink("d/evil", &c.up_to_outside())
-        .file("d/evil/pwned", b"x")
+        .symlink("d/evil", &format!("{}{inside}", "../".repeat(5)))
+        .file("d/evil/pwned", b"rel")
         .finish();
-    c.assert_refused(c.pull("kt/symrel", vec![layer]), "symlink");
+    let img = c.pull("kt/symrel", vec![layer]).unwrap();
+    c.assert_outside_untouched();
+    let top = c.store.snapshotter().committed_path(&img.chain_ids[0]);
+    assert_eq!(fs::read(top.join(&inside).join("pwned")).unwrap(), b"rel");
     // a chain of symlinks
     let layer = LayerBuilder::new()
-        .symlink("one", &c.outside_abs())
+        .symlink("one", &outside)
         .symlink("two", "one")
-        .file("two/pwned", b"x")
+        .file("two/pwned", b"chain")
         .finish();
-    c.assert_refused(c.pull("kt/symchain", vec![layer]), "symlink");
+    let img = c.pull("kt/symchain", vec![layer]).unwrap();
+    c.assert_outside_untouched();
+    let top = c.store.snapshotter().committed_path(&img.chain_ids[0]);
+    assert_eq!(fs::read(top.join(&inside).join("pwned")).unwrap(), b"chain");
+    // a symlink loop is refused
+    let c = Case::new();
+    let layer = LayerBuilder::new()
+        .symlink("a", "b")
+        .symlink("b", "a")
+        .file("a/x", b"x")
+        .finish();
+    let res = c.pull("kt/symloop", vec![layer]);
+    c.assert_refused(res, "too many levels of symbolic links");
 }
 
 #[test]
 fn hard_links_out_are_refused() {
     let c = Case::new();
     let secret = c.outside.path().join("secret");
-    fs::write(&secret, b"secret").unwrap();
+    let plant = || fs::write(&secret, b"secret").unwrap();
+    // The secret is intact and was never linked; then it goes, so the outside dir is empty
+    // again for `assert_refused`.
     let check_secret = || {
         assert_eq!(fs::read(&secret).unwrap(), b"secret");
-        fs::remove_file(&secret).ok();
+        assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1);
+        fs::remove_file(&secret).unwrap();
     };
+    plant();
     let layer = LayerBuilder::new()
         .hardlink("link", &format!("{}/secret", c.up_to_outside()))
         .finish();
     let res = c.pull("kt/hl1", vec![layer]);
     check_secret();
     c.assert_refused(res, "..");
-    // absolute target: means the layer's own path, which is not there
+    // absolute target: means the rootfs's own path, which is not there
+    plant();
     let layer = LayerBuilder::new()
         .hardlink("link", &format!("{}/secret", c.outside_abs()))
         .finish();
-    c.assert_refused(c.pull("kt/hl2", vec![layer]), "not in this layer");
-    // through a symlink planted first
+    let res = c.pull("kt/hl2", vec![base(), layer]);
+    check_secret();
+    c.assert_refused(res, "does not exist");
+    // through a symlink planted first: resolved inside the rootfs, where there is no secret
+    plant();
     let layer = LayerBuilder::new()
         .symlink("evil", &c.outside_abs())
         .hardlink("link", "evil/secret")
         .finish();
-    c.assert_refused(c.pull("kt/hl3", vec![layer]), "symlink");
+    let res = c.pull("kt/hl3", vec![layer]);
+    check_secret();
+    c.assert_refused(res, "does not exist");
+    // through a symlink planted by a lower layer
+    plant();
+    let lower = LayerBuilder::new()
+        .symlink("evil", &c.outside_abs())
+        .finish();
+    let layer = LayerBuilder::new().hardlink("link", "evil/secret").finish();
+    let res = c.pull("kt/hl4", vec![base(), lower, layer]);
+    check_secret();
+    c.assert_refused(res, "does not exist");
 }
 
 #[test]
@@ -315,6 +363,7 @@ fn device_nodes_are_skipped_when_mknod_is_not_permitted() {
             &dest,
             "test-layer",
             &keelson_image::UnpackOptions::default(),
+            Some(&[]),
         )
     })
     .join()

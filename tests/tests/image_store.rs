@@ -323,3 +323,254 @@ fn cli_reads_hosts_toml_mirrors() {
     let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
     assert!(store.get("docker.io/library/kt-hosts:v1").is_ok());
 }
+
+#[test]
+fn a_long_layer_chain_mounts_past_the_page_of_mount_options() {
+    // 60 layers: `lowerdir=` with absolute paths passes the 4 KiB that mount(2) copies.
+    const N: usize = 60;
+    let mut layers = vec![(
+        LayerBuilder::busybox_base().unwrap().finish(),
+        Compression::Gzip,
+    )];
+    for i in 1..N {
+        let l = LayerBuilder::new()
+            .file(&format!("layers/l{i}"), format!("{i}\n").as_bytes())
+            .file("top", format!("{i}\n").as_bytes())
+            .finish();
+        layers.push((l, Compression::None));
+    }
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&ImageSpec::new(layers), "long").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+    let img = store
+        .import(layout.path(), Some("kt.local/long:v1"))
+        .unwrap()
+        .remove(0);
+    assert_eq!(img.chain_ids.len(), N);
+    let snap = store.prepare_snapshot("long", "kt.local/long:v1").unwrap();
+    let opts = store.snapshotter().mount_options(&snap);
+    assert!(opts.len() > 4096, "{} bytes", opts.len());
+    let mnt = MountDir::new().unwrap();
+    let res = store.mount_snapshot("long", mnt.path());
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        res.as_ref().unwrap();
+        for i in 1..N {
+            assert_eq!(
+                fs::read_to_string(mnt.path().join(format!("layers/l{i}"))).unwrap(),
+                format!("{i}\n")
+            );
+        }
+        assert_eq!(
+            fs::read_to_string(mnt.path().join("top")).unwrap(),
+            format!("{}\n", N - 1)
+        );
+        assert!(mnt.path().join("bin/busybox").is_file());
+        // Writes land in the container's layer.
+        fs::write(mnt.path().join("new"), b"x").unwrap();
+    }));
+    store.remove_snapshot("long").unwrap();
+    if let Err(p) = check {
+        std::panic::resume_unwind(p);
+    }
+    assert!(!mnt.path().join("new").exists());
+}
+
+#[test]
+fn layers_follow_lower_symlinked_dirs_and_copy_up_hard_link_targets() {
+    use keelson_tests::images::Entry;
+    use std::os::unix::fs::MetadataExt;
+    let lower = LayerBuilder::new()
+        .entry(Entry {
+            mode: 0o750,
+            uid: 1000,
+            gid: 1000,
+            mtime: 1_500_000_000,
+            ..Entry::new(b"usr/lib/", tar::EntryType::Directory)
+        })
+        .symlink("lib", "usr/lib")
+        .file_with("usr/lib/data", b"lower data", 0o640, 7, 8)
+        .entry(Entry {
+            mode: 0o1777,
+            ..Entry::new(b"tmp/", tar::EntryType::Directory)
+        })
+        .dir("wdir")
+        .file("wdir/old", b"old")
+        .finish();
+    // No directory entries: every parent comes from the rootfs below.
+    let upper = LayerBuilder::new()
+        .file("lib/added", b"added")
+        .hardlink("usr/lib/link", "usr/lib/data")
+        .hardlink("via-symlink", "lib/data")
+        .file("tmp/x", b"x")
+        .whiteout("wdir")
+        .file("wdir/new", b"new")
+        .finish();
+    let spec = ImageSpec::new(vec![
+        (
+            LayerBuilder::busybox_base().unwrap().finish(),
+            Compression::Gzip,
+        ),
+        (lower, Compression::Gzip),
+        (upper, Compression::Gzip),
+    ]);
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&spec, "v1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(StoreConfig::new(dir.path().join("root"))).unwrap();
+    let img = store
+        .import(layout.path(), Some("kt.local/lowers:v1"))
+        .unwrap()
+        .remove(0);
+
+    // In the top layer itself: the file went through the lower symlink, the link target was
+    // copied up.
+    let top = store.snapshotter().committed_path(&img.chain_ids[2]);
+    assert_eq!(fs::read(top.join("usr/lib/added")).unwrap(), b"added");
+    assert!(!top.join("lib").exists());
+    assert_eq!(fs::read(top.join("usr/lib/data")).unwrap(), b"lower data");
+
+    store
+        .prepare_snapshot("lowers", "kt.local/lowers:v1")
+        .unwrap();
+    let mnt = MountDir::new().unwrap();
+    store.mount_snapshot("lowers", mnt.path()).unwrap();
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let root = mnt.path();
+        assert!(
+            fs::symlink_metadata(root.join("lib"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(root.join("lib/added")).unwrap(), b"added");
+        let usr_lib = fs::metadata(root.join("usr/lib")).unwrap();
+        assert_eq!(
+            (usr_lib.mode() & 0o7777, usr_lib.uid(), usr_lib.mtime()),
+            (0o750, 1000, 1_500_000_000),
+            "the directory made in the upper layer keeps the lower one's metadata"
+        );
+        let tmp = fs::metadata(root.join("tmp")).unwrap();
+        assert_eq!(tmp.mode() & 0o7777, 0o1777);
+        let data = fs::metadata(root.join("usr/lib/data")).unwrap();
+        let link = fs::metadata(root.join("usr/lib/link")).unwrap();
+        let via = fs::metadata(root.join("via-symlink")).unwrap();
+        assert_eq!(data.ino(), link.ino());
+        assert_eq!(data.ino(), via.ino());
+        assert_eq!(data.nlink(), 3);
+        assert_eq!(
+            (data.mode() & 0o7777, data.uid(), data.gid()),
+            (0o640, 7, 8)
+        );
+        assert_eq!(fs::read(root.join("usr/lib/link")).unwrap(), b"lower data");
+        assert_eq!(fs::read(root.join("tmp/x")).unwrap(), b"x");
+        assert!(
+            !root.join("wdir/old").exists(),
+            "whiteout then new dir: opaque"
+        );
+        assert_eq!(fs::read(root.join("wdir/new")).unwrap(), b"new");
+    }));
+    store.remove_snapshot("lowers").unwrap();
+    if let Err(p) = check {
+        std::panic::resume_unwind(p);
+    }
+
+    // Pulled, the layers unpack in parallel; the top one needs its parents and is unpacked
+    // again once they are committed, with the same result.
+    let reg = Registry::start().unwrap();
+    reg.push_layout(layout.path(), "v1", "kt/lowers", &[])
+        .unwrap();
+    let other = ImageStore::open(StoreConfig::new(dir.path().join("pulled"))).unwrap();
+    let pulled = rt()
+        .block_on(other.pull(
+            &format!("{}/kt/lowers:v1", reg.addr()),
+            &AuthConfig::default(),
+        ))
+        .unwrap();
+    assert_eq!(pulled.chain_ids, img.chain_ids);
+    let top = other.snapshotter().committed_path(&pulled.chain_ids[2]);
+    assert_eq!(fs::read(top.join("usr/lib/added")).unwrap(), b"added");
+    assert_eq!(fs::read(top.join("usr/lib/data")).unwrap(), b"lower data");
+    assert_eq!(fs::metadata(top.join("via-symlink")).unwrap().nlink(), 3);
+}
+
+#[test]
+fn native_snapshotter_copies_the_merged_layers() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut layout = Layout::new().unwrap();
+    layout
+        .add_tagged(
+            &ImageSpec::new(busybox_three_layers(Compression::Gzip).unwrap()),
+            "v1",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path().join("root"));
+    cfg.snapshotter = "native".parse().unwrap();
+    assert!("zfs".parse::<keelson_image::SnapshotterKind>().is_err());
+    let store = ImageStore::open(cfg).unwrap();
+    store
+        .import(layout.path(), Some("kt.local/native:v1"))
+        .unwrap();
+    let snap = store.prepare_snapshot("nat", "kt.local/native:v1").unwrap();
+    assert_eq!(snap.kind, keelson_image::SnapshotterKind::Native);
+    assert_eq!(store.snapshotter().mount_options(&snap), "");
+    let mnt = MountDir::new().unwrap();
+    store.mount_snapshot("nat", mnt.path()).unwrap();
+    let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let root = mnt.path();
+        // A bind mount of a plain directory, not overlay.
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(root.to_str().unwrap()))
+            .unwrap();
+        assert!(!line.contains(" - overlay "), "{line}");
+        assert!(root.join("bin/busybox").is_file());
+        assert!(!root.join("data/a").exists(), "whiteout applied");
+        let b = fs::metadata(root.join("data/b")).unwrap();
+        assert_eq!(
+            (b.mode() & 0o7777, b.uid(), b.mtime()),
+            (0o640, 1000, 1_600_000_000)
+        );
+        assert!(
+            fs::metadata(root.join("data/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(
+            fs::metadata(root.join("keep/x")).unwrap().ino(),
+            fs::metadata(root.join("keep/x-link")).unwrap().ino()
+        );
+        let mut opq: Vec<String> = fs::read_dir(root.join("opq"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        opq.sort();
+        assert_eq!(opq, ["new"]);
+        // No whiteout devices or overlay xattrs are left in the copy.
+        assert!(
+            xattr::get(root.join("opq"), "trusted.overlay.opaque")
+                .unwrap()
+                .is_none()
+        );
+        let out = Command::new("chroot")
+            .arg(root)
+            .args(["/bin/busybox", "cat", "/data/b"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"b\n");
+        // Writes stay in the container's copy.
+        fs::write(root.join("data/b"), b"changed").unwrap();
+    }));
+    store.remove_snapshot("nat").unwrap();
+    if let Err(p) = check {
+        std::panic::resume_unwind(p);
+    }
+    // The committed layer was not touched.
+    let img = store.get("kt.local/native:v1").unwrap();
+    let second = store.snapshotter().committed_path(&img.chain_ids[1]);
+    assert_eq!(fs::read(second.join("data/b")).unwrap(), b"b\n");
+    assert_eq!(count(&dir.path().join("root/snapshots/active")), 0);
+}

@@ -1,6 +1,7 @@
 //! Registry credentials and host settings.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use oci_client::secrets::RegistryAuth;
@@ -79,7 +80,8 @@ impl AuthConfig {
 ///
 /// Filled by hand or from a containerd-style `certs.d` directory
 /// ([`RegistryHosts::load_dir`]): `<dir>/<registry host>/hosts.toml` with `server = URL` and
-/// `[host."URL"]` tables (`capabilities`, `skip_verify`) tried in file order before the server.
+/// `[host."URL"]` tables (`capabilities`, `skip_verify`, `ca`) tried in file order before the
+/// server.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryHosts {
     /// Registries (`host` or `host:port`) reached over plain HTTP. `localhost`, `127.0.0.1`
@@ -89,16 +91,42 @@ pub struct RegistryHosts {
     pub mirrors: HashMap<String, Vec<String>>,
     /// Where a registry really is (`server` in hosts.toml): registry → `[http[s]://]host[:port]`.
     pub servers: HashMap<String, String>,
-    /// Hosts whose TLS certificates are not verified (`skip_verify`).
-    pub skip_verify: Vec<String>,
+    /// TLS and request settings per endpoint host (`host[:port]`).
+    pub options: HashMap<String, HostOptions>,
+}
+
+/// Settings of one endpoint host (hosts.toml's per-host keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Do not verify the TLS certificate (`skip_verify`).
+    pub skip_verify: bool,
+    /// PEM CA certificates trusted for this host in addition to the system's (`ca`).
+    pub ca: Vec<PathBuf>,
+    /// TLS client certificates: (PEM certificate, PKCS#8 PEM key; `None`: the key is in the
+    /// certificate's file) (`client`). The first one is presented.
+    pub client: Vec<(PathBuf, Option<PathBuf>)>,
+    /// Headers sent with every request to the host (`header`; a name may repeat).
+    pub headers: Vec<(String, String)>,
+    /// The URL's path is the API root, `/v2` is not added (`override_path`).
+    pub override_path: bool,
+}
+
+impl HostOptions {
+    /// Whether oci-client cannot reach the host (extra headers, a client identity or another
+    /// API path): the store's own small client does.
+    pub(crate) fn needs_direct(&self) -> bool {
+        !self.headers.is_empty() || !self.client.is_empty() || self.override_path
+    }
 }
 
 /// One place to fetch from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub host: String,
+    /// The URL's path (`/custom/v2` in `https://host/custom/v2`), used with `override_path`.
+    pub path: String,
     pub plain_http: bool,
-    pub skip_verify: bool,
+    pub options: HostOptions,
 }
 
 #[derive(Deserialize)]
@@ -107,14 +135,94 @@ struct HostsFile {
     server: Option<String>,
     #[serde(default)]
     host: toml::Table,
+    #[serde(flatten)]
+    server_entry: HostEntry,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct HostEntry {
     #[serde(default)]
     capabilities: Option<Vec<String>>,
     #[serde(default)]
     skip_verify: bool,
+    #[serde(default)]
+    ca: Option<StringOrList>,
+    #[serde(default)]
+    client: Option<toml::Value>,
+    #[serde(default)]
+    header: Option<toml::Table>,
+    #[serde(default)]
+    override_path: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl HostEntry {
+    /// The options, with relative paths taken from `base` (the hosts.toml's directory, as
+    /// containerd does).
+    fn options(&self, base: &Path, file: &Path) -> Result<HostOptions> {
+        let bad = |what: String| crate::error::malformed(file.display().to_string(), what);
+        let ca = match &self.ca {
+            None => Vec::new(),
+            Some(StringOrList::One(p)) => vec![p.clone()],
+            Some(StringOrList::Many(v)) => v.clone(),
+        };
+        let path_of = |v: &toml::Value| -> Result<PathBuf> {
+            v.as_str()
+                .map(|p| base.join(p))
+                .ok_or_else(|| bad(format!("client: {v:?} is not a path")))
+        };
+        let pair = |v: &toml::Value| -> Result<(PathBuf, Option<PathBuf>)> {
+            match v {
+                toml::Value::String(_) => Ok((path_of(v)?, None)),
+                toml::Value::Array(a) if a.len() == 2 => {
+                    let key = match a[1].as_str() {
+                        Some("") => None,
+                        _ => Some(path_of(&a[1])?),
+                    };
+                    Ok((path_of(&a[0])?, key))
+                }
+                other => Err(bad(format!(
+                    "client: {other:?} is neither a path nor [cert, key]"
+                ))),
+            }
+        };
+        let client = match &self.client {
+            None => Vec::new(),
+            Some(v @ toml::Value::String(_)) => vec![pair(v)?],
+            Some(toml::Value::Array(a)) if a.iter().all(|x| x.is_array()) => {
+                a.iter().map(pair).collect::<Result<_>>()?
+            }
+            Some(v) => vec![pair(v)?],
+        };
+        let mut headers = Vec::new();
+        for (k, v) in self.header.iter().flatten() {
+            match v {
+                toml::Value::String(s) => headers.push((k.clone(), s.clone())),
+                toml::Value::Array(a) => {
+                    for x in a {
+                        let s = x
+                            .as_str()
+                            .ok_or_else(|| bad(format!("header {k}: {x:?} is not a string")))?;
+                        headers.push((k.clone(), s.to_string()));
+                    }
+                }
+                other => return Err(bad(format!("header {k}: {other:?} is not a string"))),
+            }
+        }
+        Ok(HostOptions {
+            skip_verify: self.skip_verify,
+            ca: ca.into_iter().map(|p| base.join(p)).collect(),
+            client,
+            headers,
+            override_path: self.override_path,
+        })
+    }
 }
 
 impl RegistryHosts {
@@ -125,17 +233,25 @@ impl RegistryHosts {
     }
 
     fn endpoint(&self, url: &str) -> Endpoint {
-        let (host, plain) = if let Some(h) = url.strip_prefix("http://") {
-            (h, true)
+        // An explicit scheme decides; a bare host is plain HTTP when configured so (and for
+        // localhost).
+        let (host, scheme) = if let Some(h) = url.strip_prefix("http://") {
+            (h, Some(true))
+        } else if let Some(h) = url.strip_prefix("https://") {
+            (h, Some(false))
         } else {
-            let h = url.strip_prefix("https://").unwrap_or(url);
-            (h, self.is_plain(h))
+            (url, None)
         };
-        // hosts.toml URLs may carry the API path (`https://host/v2`); oci-client adds its own.
-        let host = host.split('/').next().unwrap_or(host).to_string();
+        // hosts.toml URLs may carry the API path (`https://host/v2`); without
+        // `override_path` the client adds its own.
+        let (host, path) = match host.find('/') {
+            Some(i) => (host[..i].to_string(), host[i..].to_string()),
+            None => (host.to_string(), String::new()),
+        };
         Endpoint {
-            skip_verify: self.skip_verify.iter().any(|s| s == &host),
-            plain_http: plain || self.is_plain(&host),
+            options: self.options.get(&host).cloned().unwrap_or_default(),
+            path,
+            plain_http: scheme.unwrap_or_else(|| self.is_plain(&host)),
             host,
         }
     }
@@ -176,6 +292,7 @@ impl RegistryHosts {
             };
             let parsed: HostsFile = toml::from_str(&text)
                 .map_err(|err| crate::error::malformed(file.display().to_string(), err))?;
+            let base = e.path();
             let mut mirrors = Vec::new();
             for (url, v) in parsed.host {
                 let entry: HostEntry = v.try_into().map_err(|err| {
@@ -189,13 +306,17 @@ impl RegistryHosts {
                     continue;
                 }
                 let ep = hosts.endpoint(&url);
-                if entry.skip_verify {
-                    hosts.skip_verify.push(ep.host.clone());
-                }
+                hosts.options.insert(ep.host, entry.options(&base, &file)?);
                 mirrors.push(url);
             }
             if !mirrors.is_empty() {
                 hosts.mirrors.insert(registry.clone(), mirrors);
+            }
+            let server_url = parsed.server.clone().unwrap_or_else(|| registry.clone());
+            let opts = parsed.server_entry.options(&base, &file)?;
+            if opts != HostOptions::default() {
+                let ep = hosts.endpoint(&server_url);
+                hosts.options.insert(ep.host, opts);
             }
             if let Some(server) = parsed.server {
                 hosts.servers.insert(registry, server);
@@ -271,7 +392,7 @@ mod tests {
         let e = h.endpoints("docker.io");
         let got: Vec<(&str, bool, bool)> = e
             .iter()
-            .map(|e| (e.host.as_str(), e.plain_http, e.skip_verify))
+            .map(|e| (e.host.as_str(), e.plain_http, e.options.skip_verify))
             .collect();
         assert_eq!(
             got,
@@ -281,5 +402,52 @@ mod tests {
                 ("registry-1.docker.io", false, false)
             ]
         );
+
+        let t = dir.path().join("tls.example");
+        std::fs::create_dir(&t).unwrap();
+        std::fs::write(
+            t.join("hosts.toml"),
+            r#"ca = "ca.pem"
+[host."https://m.example:5000"]
+  ca = ["/abs/a.pem", "b.pem"]
+  skip_verify = true
+  override_path = true
+  client = [["c.pem", "c.key"], ["/d.pem", ""]]
+  [host."https://m.example:5000".header]
+    x-custom = ["1", "2"]
+"#,
+        )
+        .unwrap();
+        let h = RegistryHosts::load_dir(dir.path()).unwrap();
+        let e = h.endpoints("tls.example");
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].host, "m.example:5000");
+        assert_eq!(
+            e[0].options,
+            HostOptions {
+                skip_verify: true,
+                ca: vec![PathBuf::from("/abs/a.pem"), t.join("b.pem")],
+                client: vec![
+                    (t.join("c.pem"), Some(t.join("c.key"))),
+                    (PathBuf::from("/d.pem"), None)
+                ],
+                headers: vec![
+                    ("x-custom".into(), "1".into()),
+                    ("x-custom".into(), "2".into())
+                ],
+                override_path: true,
+            }
+        );
+        assert_eq!(e[0].path, "");
+        assert_eq!(e[1].host, "tls.example");
+        assert!(!e[1].plain_http);
+        assert_eq!(e[1].options.ca, vec![t.join("ca.pem")]);
+        assert!(!e[1].options.needs_direct());
+        assert!(e[0].options.needs_direct());
+        // An explicit https:// is TLS even for 127.0.0.1.
+        let mut h = RegistryHosts::default();
+        h.servers
+            .insert("x".into(), "https://127.0.0.1:5000".into());
+        assert!(!h.endpoints("x")[0].plain_http);
     }
 }

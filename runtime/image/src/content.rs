@@ -3,10 +3,12 @@
 //! `blobs/<alg>/<hex>` holds verified content only. Downloads and imports write
 //! `ingest/<alg>-<hex>.partial` under the blob's lock (`ingest/<alg>-<hex>.lock`), hash while
 //! writing, and commit by fsync + rename + directory fsync once size and digest match. A crash
-//! leaves at most a `.partial` file, which the next writer of that blob truncates and rewrites.
+//! or a failed download leaves at most a `.partial` file: a download resumes it (its bytes are
+//! hashed again and the rest is asked for with an HTTP range, as containerd's content store
+//! keeps ingests), other writers truncate it; the digest is always checked over the whole.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, Hasher};
@@ -94,11 +96,7 @@ impl ContentStore {
 
     /// Starts writing a blob. Hold [`ContentStore::lock`] for the digest while writing.
     pub fn writer(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter> {
-        let partial = self.root.join("ingest").join(format!(
-            "{}-{}.partial",
-            expected.algorithm(),
-            expected.hex()
-        ));
+        let partial = self.partial_path(expected);
         let file = OpenOptions::new()
             .create(true)
             .write(true)
@@ -114,6 +112,54 @@ impl ContentStore {
             hasher: expected.hasher(),
             written: 0,
         })
+    }
+
+    /// Continues a blob from the bytes its `.partial` file already holds (hashing them again),
+    /// or starts it empty when there is none or it holds more than `size`. Hold
+    /// [`ContentStore::lock`] for the digest while writing; [`BlobWriter::offset`] says where
+    /// the download must continue.
+    pub fn resume_writer(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter> {
+        let partial = self.partial_path(expected);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&partial)
+            .map_err(io_err("open", &partial))?;
+        let mut hasher = expected.hasher();
+        let mut written = 0u64;
+        let len = file.metadata().map_err(io_err("stat", &partial))?.len();
+        if size.is_none_or(|s| len <= s) {
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = file.read(&mut buf).map_err(io_err("read", &partial))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                written += n as u64;
+            }
+        }
+        let mut w = BlobWriter {
+            file,
+            partial,
+            target: self.path(expected),
+            expected: expected.clone(),
+            size,
+            hasher,
+            written,
+        };
+        if written != len {
+            w.reset()?;
+        }
+        Ok(w)
+    }
+
+    fn partial_path(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("ingest")
+            .join(format!("{}-{}.partial", d.algorithm(), d.hex()))
     }
 
     /// Writes a whole blob from memory (verified) unless it is already there.
@@ -248,6 +294,24 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// Bytes written so far (where a resumed download continues).
+    pub fn offset(&self) -> u64 {
+        self.written
+    }
+
+    /// Drops what was written and starts over (a server that ignored a range request).
+    pub fn reset(&mut self) -> Result<()> {
+        self.file
+            .set_len(0)
+            .map_err(io_err("truncate", &self.partial))?;
+        self.file
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(io_err("seek", &self.partial))?;
+        self.hasher = self.expected.hasher();
+        self.written = 0;
+        Ok(())
+    }
+
     /// Appends a chunk; refuses content that grows past the expected size.
     pub fn write_chunk(&mut self, data: &[u8]) -> Result<()> {
         self.written += data.len() as u64;

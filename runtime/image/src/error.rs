@@ -47,6 +47,11 @@ pub enum Error {
     Snapshot { key: String, reason: String },
     #[error("unimplemented: {0}")]
     Unimplemented(String),
+    /// A layer whose unpack needs the layers below it (a parent directory or a hard link
+    /// target outside the layer) was unpacked before they were known; the caller retries
+    /// once they are committed.
+    #[error("layer {0} needs its parent layers to unpack")]
+    NeedsParents(String),
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

@@ -263,13 +263,14 @@ impl ImageStore {
     /// Unpacks the layers of an imported image and records its names.
     fn finish_import(&self, r: &ImageRef, target: &Digest, manifest: &Digest) -> Result<Image> {
         let (m, cfg, chains) = self.load_manifest(manifest)?;
-        for ((l, diff), chain) in m
+        for (i, ((l, diff), chain)) in m
             .layers
             .iter()
             .zip(cfg.rootfs.diff_ids.iter())
             .zip(chains.iter())
+            .enumerate()
         {
-            self.unpack_layer(l, diff, chain)?;
+            self.unpack_layer(l, diff, chain, Some(&chains[..i]))?;
         }
         let mut names = Vec::new();
         if let Some(t) = r.tagged_name() {

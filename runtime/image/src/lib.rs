@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod content;
 pub mod digest;
+mod direct;
 pub mod error;
 pub mod export;
 pub mod fsutil;
@@ -29,5 +30,6 @@ pub use digest::Digest;
 pub use error::{Error, Result};
 pub use model::Platform;
 pub use reference::ImageRef;
+pub use snapshot::SnapshotterKind;
 pub use store::{GcStats, Image, ImageStore, StoreConfig};
 pub use unpack::UnpackOptions;

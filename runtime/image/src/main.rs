@@ -31,6 +31,10 @@ struct Cli {
     /// Layers downloaded at the same time.
     #[arg(long, default_value_t = 3)]
     max_concurrent_downloads: usize,
+    /// How containers' snapshots are made: overlayfs, or native (merged copies, for
+    /// filesystems without overlayfs).
+    #[arg(long, default_value = "overlayfs")]
+    snapshotter: String,
     /// Log format.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         config.unpack.max_uncompressed = max;
     }
     config.max_concurrent_downloads = cli.max_concurrent_downloads;
+    config.snapshotter = cli.snapshotter.parse()?;
     let store =
         ImageStore::open(config).with_context(|| format!("open store {}", cli.root.display()))?;
     match cli.cmd {

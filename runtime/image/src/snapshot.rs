@@ -20,10 +20,37 @@ use crate::digest::Digest;
 use crate::error::{Error, Result, io_err};
 use crate::fsutil::{self, FileLock};
 
+/// How containers' snapshots are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotterKind {
+    /// overlayfs over the committed layers (containerd's `overlayfs`).
+    #[default]
+    Overlay,
+    /// A full copy of the layers, merged, bind-mounted (containerd's `native`): for
+    /// filesystems or kernels without overlayfs.
+    Native,
+}
+
+impl std::str::FromStr for SnapshotterKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "overlay" | "overlayfs" => Ok(Self::Overlay),
+            "native" => Ok(Self::Native),
+            other => Err(Error::Snapshot {
+                key: String::new(),
+                reason: format!("unknown snapshotter {other:?} (overlayfs or native)"),
+            }),
+        }
+    }
+}
+
 /// The snapshotter's directory.
 #[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
+    kind: SnapshotterKind,
 }
 
 /// A container's writable snapshot.
@@ -35,6 +62,9 @@ pub struct ActiveSnapshot {
     /// Where it is mounted, if it is.
     #[serde(default)]
     pub mountpoint: Option<PathBuf>,
+    /// How it was made (a store may change snapshotters; each snapshot keeps its own).
+    #[serde(default)]
+    pub kind: SnapshotterKind,
 }
 
 fn valid_key(key: &str) -> Result<()> {
@@ -55,11 +85,17 @@ fn valid_key(key: &str) -> Result<()> {
 
 impl Snapshotter {
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_with(root, SnapshotterKind::default())
+    }
+
+    /// Opens (creating) the snapshotter; new containers' snapshots are made `kind`'s way.
+    pub fn open_with(root: &Path, kind: SnapshotterKind) -> Result<Self> {
         for d in ["committed", "tmp", "locks", "active"] {
             fsutil::mkdir_p(&root.join(d))?;
         }
         Ok(Self {
             root: root.to_path_buf(),
+            kind,
         })
     }
 
@@ -174,13 +210,30 @@ impl Snapshotter {
         }
         let tmp = self.root.join("tmp").join(format!("active-{key}"));
         remove_tree(&tmp)?;
-        for d in ["upper", "work"] {
-            fsutil::mkdir_p(&tmp.join(d))?;
+        match self.kind {
+            SnapshotterKind::Overlay => {
+                for d in ["upper", "work"] {
+                    fsutil::mkdir_p(&tmp.join(d))?;
+                }
+            }
+            SnapshotterKind::Native => {
+                let fs_dir = tmp.join("fs");
+                fsutil::mkdir_p(&fs_dir)?;
+                let res = parents.iter().try_for_each(|p| {
+                    let mut links = std::collections::HashMap::new();
+                    copy_layer(&self.committed_path(p), &fs_dir, &mut links)
+                });
+                if let Err(e) = res {
+                    let _ = remove_tree(&tmp);
+                    return Err(e);
+                }
+            }
         }
         let snap = ActiveSnapshot {
             key: key.to_string(),
             parents: parents.to_vec(),
             mountpoint: None,
+            kind: self.kind,
         };
         let json =
             serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
@@ -231,8 +284,11 @@ impl Snapshotter {
         Ok(out)
     }
 
-    /// The overlay mount options of an active snapshot.
+    /// The overlay mount options of an active snapshot (empty for a bind mount).
     pub fn mount_options(&self, snap: &ActiveSnapshot) -> String {
+        if snap.kind == SnapshotterKind::Native {
+            return String::new();
+        }
         let dir = self.active_dir(&snap.key);
         let lower: Vec<String> = snap
             .parents
@@ -257,7 +313,15 @@ impl Snapshotter {
         let mut snap = self.get_active(key)?;
         let dir = self.active_dir(key);
         let opts = self.mount_options(&snap);
-        let res = if opts.is_empty() {
+        let res = if snap.kind == SnapshotterKind::Native {
+            nix::mount::mount(
+                Some(&dir.join("fs")),
+                target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+        } else if opts.is_empty() {
             nix::mount::mount(
                 Some(&dir.join("upper")),
                 target,
@@ -265,7 +329,7 @@ impl Snapshotter {
                 MsFlags::MS_BIND,
                 None::<&str>,
             )
-        } else {
+        } else if opts.len() < page_size() {
             nix::mount::mount(
                 Some("overlay"),
                 target,
@@ -273,6 +337,26 @@ impl Snapshotter {
                 MsFlags::empty(),
                 Some(opts.as_str()),
             )
+        } else {
+            // mount(2) copies at most one page of options: pass each layer on its own with
+            // the new mount API (`lowerdir+`, Linux 6.8+).
+            let lowers: Vec<PathBuf> = snap
+                .parents
+                .iter()
+                .rev()
+                .map(|c| self.committed_path(c))
+                .collect();
+            mount_overlay_fsconfig(&lowers, &dir.join("upper"), &dir.join("work"), target)
+                .map_err(|e| Error::Snapshot {
+                    key: key.to_string(),
+                    reason: format!(
+                        "{} layers: the overlay options ({} bytes) pass one page and the \
+                         new mount API failed (lowerdir+ needs Linux 6.8): {e}",
+                        lowers.len(),
+                        opts.len()
+                    ),
+                })?;
+            Ok(())
         };
         res.map_err(|e| Error::Snapshot {
             key: key.to_string(),
@@ -323,4 +407,238 @@ pub fn remove_tree(p: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_err("lstat", p)(e)),
     }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the running system; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096)
+}
+
+/// An overlay mount made with fsopen/fsconfig/fsmount/move_mount, one `lowerdir+` per layer
+/// (top first, as in a `lowerdir=` list), so the number of layers is not bound by the page
+/// that mount(2) copies its options into.
+fn mount_overlay_fsconfig(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    // From <linux/mount.h>.
+    const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+    let cstr = |b: &[u8]| CString::new(b).map_err(std::io::Error::other);
+    let fd_of = |rc: libc::c_long| -> std::io::Result<OwnedFd> {
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = libc::c_int::try_from(rc).map_err(std::io::Error::other)?;
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let fstype = cstr(b"overlay")?;
+    // SAFETY: fsopen with a NUL-terminated name that outlives the call.
+    let fs = fd_of(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    let set = |key: &str, value: &Path| -> std::io::Result<()> {
+        let k = cstr(key.as_bytes())?;
+        let v = cstr(value.as_os_str().as_bytes())?;
+        // SAFETY: fsconfig on our fs context with NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                k.as_ptr(),
+                v.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{key}={}: {e}", value.display()),
+            ));
+        }
+        Ok(())
+    };
+    for l in lowers {
+        set("lowerdir+", l)?;
+    }
+    set("upperdir", upper)?;
+    set("workdir", work)?;
+    // SAFETY: fsconfig CMD_CREATE on our context; no pointers are passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fsmount on our configured context; no pointers are passed.
+    let mnt =
+        fd_of(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0) })?;
+    let empty = cstr(b"")?;
+    let to = cstr(target.as_os_str().as_bytes())?;
+    // SAFETY: move_mount of our detached mount onto `target`; both strings are
+    // NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Applies one committed layer (overlay format) onto a merged copy `dst` (the native
+/// snapshotter): whiteouts remove what they name, opaque directories drop what was below,
+/// everything else replaces what was there; owners, modes, mtimes, xattrs (not
+/// `trusted.overlay.*`) and hard links within the layer are kept. Nothing is followed: `dst`'s
+/// directories are made here, a symlink in the way is removed, not traversed.
+fn copy_layer(
+    src: &Path,
+    dst: &Path,
+    links: &mut std::collections::HashMap<(u64, u64), PathBuf>,
+) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut dirs = Vec::new();
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    while let Some((sdir, ddir)) = stack.pop() {
+        for e in fs::read_dir(&sdir).map_err(io_err("read dir", &sdir))? {
+            let e = e.map_err(io_err("read dir", &sdir))?;
+            let s = e.path();
+            let d = ddir.join(e.file_name());
+            let m = fs::symlink_metadata(&s).map_err(io_err("lstat", &s))?;
+            let ft = m.file_type();
+            if crate::unpack::is_whiteout(&m) {
+                remove_tree(&d)?;
+                continue;
+            }
+            if ft.is_dir() {
+                let opaque = matches!(
+                    xattr::get(&s, "trusted.overlay.opaque"),
+                    Ok(Some(v)) if v == b"y"
+                );
+                match fs::symlink_metadata(&d) {
+                    Ok(dm) if dm.is_dir() && !opaque => {}
+                    Ok(_) => {
+                        remove_tree(&d)?;
+                        fs::create_dir(&d).map_err(io_err("mkdir", &d))?;
+                    }
+                    Err(_) => fs::create_dir(&d).map_err(io_err("mkdir", &d))?,
+                }
+                std::os::unix::fs::lchown(&d, Some(m.uid()), Some(m.gid()))
+                    .map_err(io_err("lchown", &d))?;
+                fs::set_permissions(&d, fs::Permissions::from_mode(m.mode() & 0o7777))
+                    .map_err(io_err("chmod", &d))?;
+                copy_xattrs(&s, &d);
+                dirs.push((d.clone(), m.mtime()));
+                stack.push((s, d));
+                continue;
+            }
+            remove_tree(&d)?;
+            if m.nlink() > 1
+                && let Some(first) = links.get(&(m.dev(), m.ino()))
+            {
+                fs::hard_link(first, &d).map_err(io_err("link", &d))?;
+                continue;
+            }
+            if ft.is_file() {
+                let mut from = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&s)
+                    .map_err(io_err("open", &s))?;
+                let mut to = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
+                    .open(&d)
+                    .map_err(io_err("create", &d))?;
+                std::io::copy(&mut from, &mut to).map_err(io_err("copy", &d))?;
+            } else if ft.is_symlink() {
+                let t = fs::read_link(&s).map_err(io_err("readlink", &s))?;
+                std::os::unix::fs::symlink(&t, &d).map_err(io_err("symlink", &d))?;
+            } else {
+                let kind = if ft.is_char_device() {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else if ft.is_block_device() {
+                    nix::sys::stat::SFlag::S_IFBLK
+                } else if ft.is_fifo() {
+                    nix::sys::stat::SFlag::S_IFIFO
+                } else {
+                    continue;
+                };
+                let mode = nix::sys::stat::Mode::from_bits_truncate(m.mode() & 0o7777);
+                nix::sys::stat::mknod(&d, kind, mode, m.rdev())
+                    .map_err(|e| io_err("mknod", &d)(e.into()))?;
+            }
+            std::os::unix::fs::lchown(&d, Some(m.uid()), Some(m.gid()))
+                .map_err(io_err("lchown", &d))?;
+            if !ft.is_symlink() {
+                fs::set_permissions(&d, fs::Permissions::from_mode(m.mode() & 0o7777))
+                    .map_err(io_err("chmod", &d))?;
+            }
+            copy_xattrs(&s, &d);
+            set_times(&d, m.mtime())?;
+            if m.nlink() > 1 {
+                links.insert((m.dev(), m.ino()), d);
+            }
+        }
+    }
+    // Directory mtimes last, deepest first, after their children were added.
+    dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+    for (d, mtime) in dirs {
+        set_times(&d, mtime)?;
+    }
+    Ok(())
+}
+
+fn copy_xattrs(src: &Path, dst: &Path) {
+    if let Ok(names) = xattr::list(src) {
+        for n in names {
+            if n.to_string_lossy().starts_with("trusted.overlay.") {
+                continue;
+            }
+            if let Ok(Some(v)) = xattr::get(src, &n)
+                && let Err(e) = xattr::set(dst, &n, &v)
+            {
+                tracing::warn!(path = %dst.display(), xattr = ?n, error = %e, "xattr not copied");
+            }
+        }
+    }
+}
+
+fn set_times(path: &Path, mtime: i64) -> Result<()> {
+    let t = nix::sys::time::TimeSpec::new(mtime, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| io_err("utimensat", path)(e.into()))
 }

@@ -15,7 +15,7 @@ use crate::fsutil::{self, FileLock};
 use crate::meta::{ImageRecord, MetaStore};
 use crate::model::{self, Document, Platform};
 use crate::reference::ImageRef;
-use crate::snapshot::{ActiveSnapshot, Snapshotter};
+use crate::snapshot::{ActiveSnapshot, Snapshotter, SnapshotterKind};
 use crate::unpack::{self, Compression, UnpackOptions};
 
 /// How a store behaves.
@@ -27,6 +27,8 @@ pub struct StoreConfig {
     pub max_concurrent_downloads: usize,
     pub hosts: RegistryHosts,
     pub platform: Platform,
+    /// How containers' snapshots are made (overlayfs, or copies where it is missing).
+    pub snapshotter: SnapshotterKind,
 }
 
 impl StoreConfig {
@@ -38,6 +40,7 @@ impl StoreConfig {
             max_concurrent_downloads: 3,
             hosts: RegistryHosts::default(),
             platform: Platform::host(),
+            snapshotter: SnapshotterKind::default(),
         }
     }
 }
@@ -80,7 +83,7 @@ impl ImageStore {
         let root = &config.root;
         fsutil::mkdir_p(root)?;
         let content = ContentStore::open(&root.join("content"))?;
-        let snapshots = Snapshotter::open(&root.join("snapshots"))?;
+        let snapshots = Snapshotter::open_with(&root.join("snapshots"), config.snapshotter)?;
         let meta = MetaStore::open(&root.join("metadata"))?;
         Ok(Self {
             config,
@@ -173,18 +176,24 @@ impl ImageStore {
     /// committed snapshot, and leftovers of interrupted pulls.
     pub fn gc(&self) -> Result<GcStats> {
         let _lock = FileLock::exclusive(&self.config.root.join("store.lock"))?;
-        self.gc_locked()
+        self.gc_locked(false)
     }
 
     /// GC if no pull or import is running; `None` when one is.
     pub fn try_gc(&self) -> Result<Option<GcStats>> {
+        self.try_gc_keeping(false)
+    }
+
+    /// [`ImageStore::try_gc`]; partial downloads are kept when `keep_partials` (a later pull
+    /// resumes them).
+    fn try_gc_keeping(&self, keep_partials: bool) -> Result<Option<GcStats>> {
         match FileLock::try_exclusive(&self.config.root.join("store.lock"))? {
-            Some(_lock) => Ok(Some(self.gc_locked()?)),
+            Some(_lock) => Ok(Some(self.gc_locked(keep_partials)?)),
             None => Ok(None),
         }
     }
 
-    fn gc_locked(&self) -> Result<GcStats> {
+    fn gc_locked(&self, keep_partials: bool) -> Result<GcStats> {
         let mut blobs: BTreeSet<Digest> = BTreeSet::new();
         let mut snaps: BTreeSet<Digest> = BTreeSet::new();
         for r in self.meta.list()? {
@@ -210,7 +219,9 @@ impl ImageStore {
                 stats.snapshots += 1;
             }
         }
-        stats.ingest_files = self.content.clean_ingest()?;
+        if !keep_partials {
+            stats.ingest_files = self.content.clean_ingest()?;
+        }
         self.snapshots.clean_tmp()?;
         self.meta.clean_tmp()?;
         tracing::debug!(?stats, "garbage collected");
@@ -236,15 +247,19 @@ impl ImageStore {
     }
 
     /// Unpacks one verified layer blob into its committed snapshot (once) and checks its diff ID.
+    ///
+    /// `parents` are the chain IDs of the layers below, bottom first; `None` when they may not
+    /// be committed yet (then a layer that needs them fails with [`Error::NeedsParents`]).
     pub(crate) fn unpack_layer(
         &self,
         layer: &model::Descriptor,
         diff_id: &Digest,
         chain: &Digest,
+        parents: Option<&[Digest]>,
     ) -> Result<()> {
         let compression = Compression::from_media_type(&layer.media_type)
             .ok_or_else(|| Error::UnsupportedMediaType(layer.media_type.clone()))?;
-        self.unpack_blob(&layer.digest, compression, diff_id, chain)
+        self.unpack_blob(&layer.digest, compression, diff_id, chain, parents)
     }
 
     pub(crate) fn unpack_blob(
@@ -253,12 +268,31 @@ impl ImageStore {
         compression: Compression,
         diff_id: &Digest,
         chain: &Digest,
+        parents: Option<&[Digest]>,
     ) -> Result<()> {
         let name = blob.to_string();
+        let lowers: Option<Vec<PathBuf>> = parents.map(|p| {
+            p.iter()
+                .rev()
+                .map(|c| self.snapshots.committed_path(c))
+                .collect()
+        });
         self.snapshots.commit_with(chain, |dir| {
+            if let Some(p) = parents
+                && let Some(missing) = p.iter().find(|c| !self.snapshots.has_committed(c))
+            {
+                return Err(Error::SnapshotNotFound(missing.to_string()));
+            }
             let f = self.content.open_blob(blob)?;
             let reader = std::io::BufReader::with_capacity(256 << 10, f);
-            let stats = unpack::unpack_layer(reader, compression, dir, &name, &self.config.unpack)?;
+            let stats = unpack::unpack_layer(
+                reader,
+                compression,
+                dir,
+                &name,
+                &self.config.unpack,
+                lowers.as_deref(),
+            )?;
             let actual = stats.diff_id.ok_or_else(|| Error::BadLayer {
                 layer: name.clone(),
                 reason: "no diff ID".into(),
@@ -337,10 +371,10 @@ impl ImageStore {
             .ok_or_else(|| Error::ImageNotFound(id.to_string()))
     }
 
-    /// Removes the whole store directory's leftovers of a failed operation, if nobody else
-    /// is working (best effort).
+    /// Removes the leftovers of a failed operation, if nobody else is working (best effort).
+    /// Partial downloads stay for the next pull to resume; `gc` removes them.
     pub(crate) fn cleanup_after_failure(&self) {
-        match self.try_gc() {
+        match self.try_gc_keeping(true) {
             Ok(Some(stats)) => tracing::debug!(?stats, "cleaned up after a failed operation"),
             Ok(None) => tracing::debug!("cleanup skipped: another operation is running"),
             Err(e) => tracing::warn!(error = %e, "cleanup after a failed operation"),

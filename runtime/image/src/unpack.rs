@@ -4,11 +4,17 @@
 //!
 //! Containment: the directory is private while a layer is unpacked, so the only thing that can
 //! plant a symlink in it is the layer itself. Every entry path is checked lexically (no `..`,
-//! leading `/` stripped) and every existing parent component is `lstat`ed: a path that
-//! traverses a symlink is refused, and nothing is ever opened, created or linked through one
-//! (files are created with `O_EXCL|O_NOFOLLOW`, metadata is set without following links). Hard
-//! link targets obey the same rules. Symlinks themselves are stored verbatim: whatever they
-//! point at is resolved later inside the container's root, never by the unpacker.
+//! leading `/` stripped). Parent directories are resolved in the rootfs the layer applies to
+//! (this layer over its committed parents, with overlay's whiteout and opaque rules), like
+//! containerd's `fs.RootPath`: a symlink met on the way (planted by this layer or a lower one)
+//! is followed *inside* that rootfs — absolute targets from its root, `..` stopping at it — so
+//! `lib/x` under a lower `lib -> usr/lib` lands in `usr/lib/x` of this layer and nothing ever
+//! resolves outside. Directories created on the way copy the owner, mode and mtime of the
+//! lower directory they stand for. Files are created with `O_EXCL|O_NOFOLLOW` after removing
+//! what was there, metadata is set without following links, and every path written is
+//! `lstat`ed to be a real directory in this layer. A hard link target is resolved the same way;
+//! one in a lower layer is copied up into this layer first (overlay cannot link across layers)
+//! and then linked. Symlinks themselves are stored verbatim.
 
 use std::cell::Cell;
 use std::ffi::OsStr;
@@ -112,12 +118,17 @@ impl<R: Read> Read for Limited<R> {
 ///
 /// On error `dest` holds a partial tree: the caller removes it (snapshots are unpacked into a
 /// temporary directory and renamed only on success).
+///
+/// `lowers` are the committed directories of the layers below, top first (`Some(&[])` for a
+/// base layer). With `None` they are not known yet: a layer that needs them fails with
+/// [`Error::NeedsParents`] and is unpacked again once they are there.
 pub fn unpack_layer(
     blob: impl Read,
     compression: Compression,
     dest: &Path,
     layer: &str,
     opts: &UnpackOptions,
+    lowers: Option<&[PathBuf]>,
 ) -> Result<UnpackStats> {
     let decoded: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
@@ -142,6 +153,7 @@ pub fn unpack_layer(
     let mut u = Unpacker {
         dest: dest.to_path_buf(),
         layer: layer.to_string(),
+        lowers: lowers.map(<[PathBuf]>::to_vec),
         dirs: Vec::new(),
         stats: UnpackStats::default(),
     };
@@ -187,11 +199,27 @@ pub fn unpack_layer(
     Ok(u.stats)
 }
 
-enum ParentCheck {
-    Ok,
-    Symlink,
+/// What the rootfs shows at a path.
+enum Node {
     Missing,
+    /// Found in this layer (`None`) or in lower layer `Some(i)`, with its metadata.
+    Found(Option<usize>, fs::Metadata),
 }
+
+/// What one layer says about a path.
+enum LayerHit {
+    Found(fs::Metadata),
+    /// A whiteout, or an ancestor that is not a directory: nothing below shows through.
+    Hidden,
+    /// Not in this layer; `opaque` when an ancestor is an opaque directory (lower layers are
+    /// hidden there).
+    Absent {
+        opaque: bool,
+    },
+}
+
+/// Symlinks followed while resolving one path, as Linux's MAXSYMLINKS.
+const MAX_SYMLINKS: usize = 40;
 
 struct DirMeta {
     path: PathBuf,
@@ -204,6 +232,7 @@ struct DirMeta {
 struct Unpacker {
     dest: PathBuf,
     layer: String,
+    lowers: Option<Vec<PathBuf>>,
     dirs: Vec<DirMeta>,
     stats: UnpackStats,
 }
@@ -238,28 +267,214 @@ impl Unpacker {
         }
     }
 
-    /// Makes sure every parent of `rel` is a real directory inside `dest`, creating missing
-    /// ones; refuses to go through a symlink or a non-directory.
-    fn ensure_parents(&self, rel: &Path) -> Result<()> {
-        let mut cur = self.dest.clone();
-        let Some(parent) = rel.parent() else {
-            return Ok(());
+    /// The path in this layer where entry `rel` goes: its parent resolved in the rootfs (see
+    /// the module doc) and created in this layer as real directories.
+    fn place(&mut self, rel: &Path) -> Result<PathBuf> {
+        let Some(name) = rel.file_name() else {
+            return Ok(rel.to_path_buf());
         };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        // Fast path: every parent is already a real directory of this layer.
+        let mut cur = self.dest.clone();
+        let mut all_dirs = true;
         for c in parent.components() {
             cur.push(c);
             match fs::symlink_metadata(&cur) {
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(self.hostile(rel, "path traverses a symlink"));
-                }
                 Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(self.hostile(rel, "a parent component is not a directory")),
+                Ok(_) => {
+                    all_dirs = false;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(io_err("mkdir", &cur))?;
+                    all_dirs = false;
+                    break;
                 }
                 Err(e) => return Err(io_err("lstat", &cur)(e)),
             }
         }
+        if all_dirs {
+            return Ok(rel.to_path_buf());
+        }
+        let resolved = self.resolve_dir(parent, rel)?;
+        self.make_dirs(&resolved, rel)?;
+        Ok(resolved.join(name))
+    }
+
+    /// Resolves a directory path in the rootfs, following symlinks inside it.
+    fn resolve_dir(&self, path: &Path, entry: &Path) -> Result<PathBuf> {
+        let mut resolved = PathBuf::new();
+        let mut pending: Vec<std::ffi::OsString> = path
+            .components()
+            .rev()
+            .map(|c| c.as_os_str().to_os_string())
+            .collect();
+        let mut hops = 0;
+        while let Some(c) = pending.pop() {
+            if c == ".." {
+                resolved.pop();
+                continue;
+            }
+            if c.is_empty() || c == "." || c == "/" {
+                continue;
+            }
+            let cand = resolved.join(&c);
+            match self.lookup(&cand)? {
+                Node::Missing => resolved = cand,
+                Node::Found(_, m) if m.is_dir() => resolved = cand,
+                Node::Found(layer, m) if m.file_type().is_symlink() => {
+                    hops += 1;
+                    if hops > MAX_SYMLINKS {
+                        return Err(self.hostile(entry, "too many levels of symbolic links"));
+                    }
+                    let root = match layer {
+                        None => &self.dest,
+                        Some(i) => &self.lowers.as_ref().expect("found in a lower")[i],
+                    };
+                    let link = root.join(&cand);
+                    let target = fs::read_link(&link).map_err(io_err("readlink", &link))?;
+                    if target.is_absolute() {
+                        resolved = PathBuf::new();
+                    }
+                    pending.extend(
+                        target
+                            .components()
+                            .rev()
+                            .map(|c| c.as_os_str().to_os_string()),
+                    );
+                }
+                Node::Found(..) => {
+                    return Err(self.hostile(entry, "a parent component is not a directory"));
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// What the rootfs (this layer over the lower ones) shows at `rel`, whose parents are
+    /// resolved directories.
+    fn lookup(&self, rel: &Path) -> Result<Node> {
+        match layer_lookup(&self.dest, rel)? {
+            LayerHit::Found(m) if is_whiteout(&m) => return Ok(Node::Missing),
+            LayerHit::Found(m) => return Ok(Node::Found(None, m)),
+            LayerHit::Hidden | LayerHit::Absent { opaque: true } => return Ok(Node::Missing),
+            LayerHit::Absent { opaque: false } => {}
+        }
+        let Some(lowers) = &self.lowers else {
+            return Err(Error::NeedsParents(self.layer.clone()));
+        };
+        for (i, l) in lowers.iter().enumerate() {
+            match layer_lookup(l, rel)? {
+                LayerHit::Found(m) if is_whiteout(&m) => return Ok(Node::Missing),
+                LayerHit::Found(m) => return Ok(Node::Found(Some(i), m)),
+                LayerHit::Hidden | LayerHit::Absent { opaque: true } => return Ok(Node::Missing),
+                LayerHit::Absent { opaque: false } => {}
+            }
+        }
+        Ok(Node::Missing)
+    }
+
+    /// Creates the resolved directory `rel` in this layer: missing components become real
+    /// directories with the metadata of the lower directory they stand for (if any); a
+    /// whiteout there becomes an opaque directory (what was below is deleted).
+    fn make_dirs(&mut self, rel: &Path, entry: &Path) -> Result<()> {
+        let mut cur_rel = PathBuf::new();
+        for c in rel.components() {
+            cur_rel.push(c);
+            let cur = self.dest.join(&cur_rel);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.is_dir() => continue,
+                Ok(m) if is_whiteout(&m) => {
+                    fs::remove_file(&cur).map_err(io_err("remove", &cur))?;
+                    fs::create_dir(&cur).map_err(io_err("mkdir", &cur))?;
+                    xattr::set(&cur, "trusted.overlay.opaque", b"y")
+                        .map_err(io_err("set opaque xattr on", &cur))?;
+                    continue;
+                }
+                Ok(_) => {
+                    return Err(self.hostile(entry, "a parent component is not a directory"));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("lstat", &cur)(e)),
+            }
+            let below = self.lookup(&cur_rel)?;
+            fs::create_dir(&cur).map_err(io_err("mkdir", &cur))?;
+            if let Node::Found(Some(_), m) = below
+                && m.is_dir()
+            {
+                self.dirs.push(DirMeta {
+                    path: cur,
+                    mode: m.mode() & 0o7777,
+                    uid: u64::from(m.uid()),
+                    gid: u64::from(m.gid()),
+                    mtime: u64::try_from(m.mtime()).unwrap_or(0),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Copies a lower layer's file, symlink or special file at `rel` into this layer (where
+    /// `rel`'s parents already are), so that it can be hard linked.
+    fn copy_up(&mut self, lower: usize, rel: &Path, m: &fs::Metadata, entry: &Path) -> Result<()> {
+        let src = self.lowers.as_ref().expect("found in a lower")[lower].join(rel);
+        let dst = self.dest.join(rel);
+        let ft = m.file_type();
+        if ft.is_file() {
+            let mut from = OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&src)
+                .map_err(io_err("open", &src))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o600)
+                .open(&dst)
+                .map_err(io_err("create", &dst))?;
+            io::copy(&mut from, &mut to).map_err(io_err("copy up", &dst))?;
+            to.set_permissions(fs::Permissions::from_mode(m.mode() & 0o7777))
+                .map_err(io_err("chmod", &dst))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&src).map_err(io_err("readlink", &src))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io_err("symlink", &dst))?;
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            let sflag = if ft.is_char_device() {
+                SFlag::S_IFCHR
+            } else if ft.is_block_device() {
+                SFlag::S_IFBLK
+            } else if ft.is_fifo() {
+                SFlag::S_IFIFO
+            } else {
+                return Err(self.hostile(entry, "hard link target is a socket"));
+            };
+            nix::sys::stat::mknod(
+                &dst,
+                sflag,
+                Mode::from_bits_truncate(m.mode() & 0o7777),
+                m.rdev(),
+            )
+            .map_err(|e| io_err("mknod", &dst)(e.into()))?;
+        }
+        std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))
+            .map_err(io_err("lchown", &dst))?;
+        if !ft.is_symlink() {
+            fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))
+                .map_err(io_err("chmod", &dst))?;
+        }
+        if let Ok(names) = xattr::list(&src) {
+            for n in names {
+                let name = n.to_string_lossy();
+                if name.starts_with("trusted.overlay.") {
+                    continue;
+                }
+                if let Ok(Some(v)) = xattr::get(&src, &n) {
+                    let _ = xattr::set(&dst, &n, &v);
+                }
+            }
+        }
+        set_mtime(&dst, u64::try_from(m.mtime()).unwrap_or(0))
     }
 
     /// Removes whatever is at `path` (never following a symlink), unless it is a directory
@@ -299,10 +514,10 @@ impl Unpacker {
             .file_name()
             .map(|n| n.as_bytes().to_vec())
             .unwrap_or_default();
+        let rel = self.place(&rel)?;
         let full = self.dest.join(&rel);
 
         if name.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-            self.ensure_parents(&rel)?;
             let parent = full
                 .parent()
                 .map(Path::to_path_buf)
@@ -323,7 +538,6 @@ impl Unpacker {
             return Ok(());
         }
 
-        self.ensure_parents(&rel)?;
         let hdr = entry.header();
         let mode = hdr
             .mode()
@@ -402,28 +616,21 @@ impl Unpacker {
                 if trel.as_os_str().is_empty() {
                     return Err(self.hostile(&rel, "hard link to the layer root"));
                 }
-                match self.check_no_symlink_parents(&trel) {
-                    ParentCheck::Ok => {}
-                    ParentCheck::Symlink => {
-                        return Err(self.hostile(&rel, "hard link target traverses a symlink"));
-                    }
-                    ParentCheck::Missing => {
-                        return Err(self.hostile(
-                            &rel,
-                            format!("hard link target {} is not in this layer", trel.display()),
-                        ));
-                    }
-                }
+                let trel = self.place(&trel)?;
                 let tfull = self.dest.join(&trel);
-                match fs::symlink_metadata(&tfull) {
-                    Ok(m) if m.is_dir() => {
+                match self.lookup(&trel)? {
+                    Node::Found(_, m) if m.is_dir() => {
                         return Err(self.hostile(&rel, "hard link to a directory"));
                     }
-                    Ok(_) => {}
-                    Err(_) => {
+                    Node::Found(None, _) => {}
+                    Node::Found(Some(lower), m) => self.copy_up(lower, &trel, &m, &rel)?,
+                    Node::Missing => {
                         return Err(self.hostile(
                             &rel,
-                            format!("hard link target {} is not in this layer", trel.display()),
+                            format!(
+                                "hard link target {} does not exist in this layer or below",
+                                trel.display()
+                            ),
                         ));
                     }
                 }
@@ -478,21 +685,6 @@ impl Unpacker {
         Ok(libc::makedev(major, minor))
     }
 
-    fn check_no_symlink_parents(&self, rel: &Path) -> ParentCheck {
-        let mut cur = self.dest.clone();
-        if let Some(parent) = rel.parent() {
-            for c in parent.components() {
-                cur.push(c);
-                match fs::symlink_metadata(&cur) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(m) if m.file_type().is_symlink() => return ParentCheck::Symlink,
-                    _ => return ParentCheck::Missing,
-                }
-            }
-        }
-        ParentCheck::Ok
-    }
-
     fn xattrs<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         if let Ok(Some(exts)) = entry.pax_extensions() {
@@ -533,6 +725,38 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// What layer directory `root` holds at `rel` (never following a symlink).
+fn layer_lookup(root: &Path, rel: &Path) -> Result<LayerHit> {
+    let mut cur = root.to_path_buf();
+    let mut opaque = false;
+    let n = rel.components().count();
+    if n == 0 {
+        return Ok(LayerHit::Found(
+            fs::symlink_metadata(root).map_err(io_err("lstat", root))?,
+        ));
+    }
+    for (i, c) in rel.components().enumerate() {
+        cur.push(c);
+        let m = match fs::symlink_metadata(&cur) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(LayerHit::Absent { opaque });
+            }
+            Err(e) => return Err(io_err("lstat", &cur)(e)),
+        };
+        if i + 1 == n {
+            return Ok(LayerHit::Found(m));
+        }
+        if !m.is_dir() {
+            return Ok(LayerHit::Hidden);
+        }
+        if matches!(xattr::get(&cur, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y") {
+            opaque = true;
+        }
+    }
+    Ok(LayerHit::Absent { opaque })
 }
 
 fn id32(id: u64) -> u32 {
