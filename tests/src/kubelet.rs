@@ -599,36 +599,12 @@ impl Stack {
 
     /// The sandboxes keelsond has for pod UID `uid`.
     pub fn sandboxes_of(&self, uid: &str) -> Vec<pb::PodSandbox> {
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.list_pod_sandbox(pb::ListPodSandboxRequest {
-                    filter: Some(pb::PodSandboxFilter {
-                        label_selector: uid_label(uid),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner().items)
-            })
-            .expect("ListPodSandbox")
+        pod_sandboxes(&self.k, uid)
     }
 
     /// The containers keelsond has for pod UID `uid`.
     pub fn containers_of(&self, uid: &str) -> Vec<pb::Container> {
-        self.k
-            .block_on(async {
-                let mut c = self.k.runtime().await?;
-                c.list_containers(pb::ListContainersRequest {
-                    filter: Some(pb::ContainerFilter {
-                        label_selector: uid_label(uid),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|r| r.into_inner().containers)
-            })
-            .expect("ListContainers")
+        pod_containers(&self.k, uid)
     }
 
     /// Runs `sh -c script` in container `container_id` (CRI ExecSync, 20 s timeout).
@@ -646,6 +622,38 @@ impl Stack {
             })
             .unwrap_or_else(|e| panic!("ExecSync {script:?}: {e}"))
     }
+}
+
+/// The sandboxes runtime `k` has for pod UID `uid` (CRI ListPodSandbox by the UID label).
+pub fn pod_sandboxes(k: &Keelsond, uid: &str) -> Vec<pb::PodSandbox> {
+    k.block_on(async {
+        let mut c = k.runtime().await?;
+        c.list_pod_sandbox(pb::ListPodSandboxRequest {
+            filter: Some(pb::PodSandboxFilter {
+                label_selector: uid_label(uid),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(|r| r.into_inner().items)
+    })
+    .expect("ListPodSandbox")
+}
+
+/// The containers runtime `k` has for pod UID `uid` (CRI ListContainers by the UID label).
+pub fn pod_containers(k: &Keelsond, uid: &str) -> Vec<pb::Container> {
+    k.block_on(async {
+        let mut c = k.runtime().await?;
+        c.list_containers(pb::ListContainersRequest {
+            filter: Some(pb::ContainerFilter {
+                label_selector: uid_label(uid),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(|r| r.into_inner().containers)
+    })
+    .expect("ListContainers")
 }
 
 fn uid_label(uid: &str) -> std::collections::HashMap<String, String> {

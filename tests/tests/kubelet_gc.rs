@@ -7,9 +7,10 @@
 use keelson_proto::runtime::v1 as pb;
 use keelson_tests::cri::Keelsond;
 use keelson_tests::images::{Compression, ImageSpec, LayerBuilder, Layout};
-use keelson_tests::kubelet::{Kubelet, container_status, kubelet_binary, tail};
+use keelson_tests::kubelet::{
+    Kubelet, container_status, kubelet_binary, pod_containers, pod_sandboxes, tail,
+};
 use keelson_tests::registry::Registry;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,40 +45,6 @@ spec:
     command: ["/bin/sh", "-c", {script:?}]
 "#
     )
-}
-
-fn uid_filter(uid: &str) -> HashMap<String, String> {
-    HashMap::from([("io.kubernetes.pod.uid".to_string(), uid.to_string())])
-}
-
-fn containers_of(k: &Keelsond, uid: &str) -> Vec<pb::Container> {
-    k.block_on(async {
-        let mut c = k.runtime().await?;
-        c.list_containers(pb::ListContainersRequest {
-            filter: Some(pb::ContainerFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map(|r| r.into_inner().containers)
-    })
-    .expect("ListContainers")
-}
-
-fn sandboxes_of(k: &Keelsond, uid: &str) -> Vec<pb::PodSandbox> {
-    k.block_on(async {
-        let mut c = k.runtime().await?;
-        c.list_pod_sandbox(pb::ListPodSandboxRequest {
-            filter: Some(pb::PodSandboxFilter {
-                label_selector: uid_filter(uid),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map(|r| r.into_inner().items)
-    })
-    .expect("ListPodSandbox")
 }
 
 fn log_path(k: &Keelsond, id: &str) -> String {
@@ -185,7 +152,7 @@ fn dead_instances_are_collected_and_a_removed_pod_leaves_nothing() {
     // Three instances were made; the runtime keeps the current one and at most one dead one
     // (exactly one while the current one is dead too).
     let kept = wait_for(WAIT, || {
-        let cs = containers_of(&k, &uid);
+        let cs = pod_containers(&k, &uid);
         let dead: Vec<&pb::Container> = cs.iter().filter(|c| exited(c)).collect();
         (dead.len() == 1 && cs.len() <= 2 && cs.len() - dead.len() <= 1).then(|| cs.clone())
     })
@@ -194,7 +161,7 @@ fn dead_instances_are_collected_and_a_removed_pod_leaves_nothing() {
             "{}",
             dump(&format!(
                 "dead instances not collected: {:?}",
-                containers_of(&k, &uid)
+                pod_containers(&k, &uid)
                     .iter()
                     .map(|c| (c.metadata.as_ref().map(|m| m.attempt), c.state))
                     .collect::<Vec<_>>()
@@ -209,7 +176,7 @@ fn dead_instances_are_collected_and_a_removed_pod_leaves_nothing() {
     // `previous=true` gives the log of the newest dead instance (the pod's lastState), which
     // GC kept; the invariant holds whenever it is looked at.
     let ok = wait_for(WAIT, || {
-        let cs = containers_of(&k, &uid);
+        let cs = pod_containers(&k, &uid);
         if cs.iter().filter(|c| exited(c)).count() > 1 {
             panic!("{}", dump(&format!("more than one dead instance: {cs:?}")));
         }
@@ -252,8 +219,8 @@ fn dead_instances_are_collected_and_a_removed_pod_leaves_nothing() {
         .unwrap_or_else(|m| panic!("{m}"));
     let pod_dir = kl.root_dir().join("pods").join(&uid);
     let clean = wait_for(WAIT, || {
-        (containers_of(&k, &uid).is_empty()
-            && sandboxes_of(&k, &uid).is_empty()
+        (pod_containers(&k, &uid).is_empty()
+            && pod_sandboxes(&k, &uid).is_empty()
             && !log_dir.exists()
             && links(&kl).is_empty()
             && !pod_dir.exists())
@@ -264,8 +231,8 @@ fn dead_instances_are_collected_and_a_removed_pod_leaves_nothing() {
         "{}",
         dump(&format!(
             "left over: containers {}, sandboxes {}, log dir {}, links {:?}, pod dir {}",
-            containers_of(&k, &uid).len(),
-            sandboxes_of(&k, &uid).len(),
+            pod_containers(&k, &uid).len(),
+            pod_sandboxes(&k, &uid).len(),
             log_dir.exists(),
             links(&kl),
             pod_dir.exists()
