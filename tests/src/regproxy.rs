@@ -23,6 +23,9 @@ pub struct TokenAuth {
     pub basic: Option<(String, String)>,
     /// A token accepted on `/v2/` without being issued (as a CRI `registry_token`).
     pub static_token: Option<String>,
+    /// An OAuth2 refresh token the token endpoint exchanges on a form POST
+    /// (`grant_type=refresh_token`); with it, only such POSTs get tokens.
+    pub refresh_token: Option<String>,
 }
 
 /// What the proxy does.
@@ -50,6 +53,8 @@ pub struct Seen {
     pub path: String,
     /// Header names lowercased.
     pub headers: Vec<(String, String)>,
+    /// The body of a token POST (form fields), percent-decoded; empty otherwise.
+    pub body: String,
 }
 
 impl Seen {
@@ -259,11 +264,23 @@ fn serve(s: &Shared, tcp: TcpStream) -> io::Result<()> {
     let mut parts = first.split(' ');
     let method = parts.next().unwrap_or_default().to_string();
     let mut raw_path = parts.next().unwrap_or_default().to_string();
-    let seen = Seen {
+    let mut seen = Seen {
         method: method.clone(),
         path: percent_decode(&raw_path),
         headers: headers.clone(),
+        body: String::new(),
     };
+    let token_post = method == "POST" && raw_path.starts_with("/token");
+    if token_post {
+        let len = seen
+            .header("content-length")
+            .and_then(|l| l.parse::<u64>().ok())
+            .unwrap_or(0)
+            .min(64 << 10);
+        let mut body = Vec::new();
+        (&mut conn).take(len).read_to_end(&mut body)?;
+        seen.body = percent_decode(&String::from_utf8_lossy(&body));
+    }
     if let Ok(mut v) = s.seen.lock() {
         v.push(seen.clone());
     }
@@ -280,7 +297,20 @@ fn serve(s: &Shared, tcp: TcpStream) -> io::Result<()> {
 
     if let Some(auth) = &s.config.token_auth {
         if raw_path.starts_with("/token") {
-            if let Some((u, p)) = &auth.basic {
+            if let Some(rt) = &auth.refresh_token {
+                let fields: Vec<&str> = seen.body.split('&').collect();
+                let ok = token_post
+                    && fields.contains(&"grant_type=refresh_token")
+                    && fields.contains(&format!("refresh_token={rt}").as_str());
+                if !ok {
+                    return respond(
+                        conn.as_mut(),
+                        "400 Bad Request",
+                        &[("Content-Type", "application/json".to_string())],
+                        "{\"error\":\"invalid_grant\"}",
+                    );
+                }
+            } else if let Some((u, p)) = &auth.basic {
                 let want = format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))

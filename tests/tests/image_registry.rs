@@ -110,6 +110,7 @@ fn bearer_token_auth() {
         token_auth: Some(TokenAuth {
             basic: Some(("ktuser".into(), "ktpass".into())),
             static_token: Some("kt-static-token".into()),
+            refresh_token: None,
         }),
         ..Default::default()
     })
@@ -160,6 +161,51 @@ fn bearer_token_auth() {
             .seen()
             .iter()
             .any(|q| q.path.contains("/blobs/") && q.header("x-kt") == Some("direct"))
+    );
+
+    // A CRI identity_token is an OAuth2 refresh token: exchanged with a form POST to the
+    // realm (grant_type=refresh_token, the scope and service); a wrong one gets nothing.
+    let oauth = RegistryProxy::start(ProxyConfig {
+        upstream: reg.addr().into(),
+        token_auth: Some(TokenAuth {
+            refresh_token: Some("kt-refresh".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .unwrap();
+    let oname = format!("{}/kt/tok:v1", oauth.addr());
+    let (_d, ostore) = new_store();
+    let identity = |t: &str| AuthConfig {
+        identity_token: t.into(),
+        ..Default::default()
+    };
+    for auth in [AuthConfig::default(), identity("wrong")] {
+        let err = rt.block_on(ostore.pull(&oname, &auth)).unwrap_err();
+        assert!(matches!(err, Error::Registry { .. }), "{err}");
+    }
+    assert!(ostore.list().unwrap().is_empty());
+    assert_eq!(oauth.tokens_issued(), 0);
+    let img4 = rt
+        .block_on(ostore.pull(&oname, &identity("kt-refresh")))
+        .unwrap();
+    assert_eq!(img4.id, img.id);
+    assert!(oauth.tokens_issued() >= 1);
+    let posts: Vec<_> = oauth
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST" && s.path.starts_with("/token"))
+        .collect();
+    assert!(!posts.is_empty());
+    assert!(
+        posts.iter().any(|p| {
+            let f: Vec<&str> = p.body.split('&').collect();
+            f.contains(&"grant_type=refresh_token")
+                && f.contains(&"refresh_token=kt-refresh")
+                && f.contains(&"scope=repository:kt/tok:pull")
+                && f.contains(&format!("service={TOKEN_SERVICE}").as_str())
+        }),
+        "{posts:#?}"
     );
 
     // A CRI registry_token is sent as is: no token request.

@@ -21,7 +21,8 @@ pub struct AuthConfig {
     pub auth: String,
     #[serde(default)]
     pub server_address: String,
-    /// An OAuth2 refresh token: not supported yet.
+    /// An OAuth2 refresh token: exchanged at the registry's token endpoint (an OAuth2 POST
+    /// with `grant_type=refresh_token`) for access tokens, as containerd does.
     #[serde(default)]
     pub identity_token: String,
     /// A bearer token sent as is.
@@ -39,15 +40,22 @@ impl AuthConfig {
         }
     }
 
-    /// The oci-client form: anonymous, basic or bearer.
+    /// The OAuth2 refresh token to exchange, when the pull uses one (an identity token and
+    /// no registry token).
+    pub fn refresh_token(&self) -> Option<&str> {
+        (self.registry_token.is_empty() && !self.identity_token.is_empty())
+            .then_some(self.identity_token.as_str())
+    }
+
+    /// The oci-client form: anonymous, basic or bearer. With an identity token it is
+    /// anonymous: the refresh token ([`AuthConfig::refresh_token`]) is the credential, used by
+    /// the store's own client.
     pub fn to_registry_auth(&self) -> Result<RegistryAuth> {
         if !self.registry_token.is_empty() {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
         if !self.identity_token.is_empty() {
-            return Err(Error::Unimplemented(
-                "AuthConfig.identity_token (OAuth2 refresh tokens)".into(),
-            ));
+            return Ok(RegistryAuth::Anonymous);
         }
         if !self.username.is_empty() {
             return Ok(RegistryAuth::Basic(
@@ -348,6 +356,16 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(b.to_registry_auth().unwrap(), RegistryAuth::Bearer(t) if t == "t"));
+        let i = AuthConfig {
+            identity_token: "r".into(),
+            ..Default::default()
+        };
+        assert_eq!(i.refresh_token(), Some("r"));
+        assert!(matches!(
+            i.to_registry_auth().unwrap(),
+            RegistryAuth::Anonymous
+        ));
+        assert_eq!(b.refresh_token(), None);
     }
 
     #[test]

@@ -26,6 +26,9 @@ enum Authorized {
     Token(String),
 }
 
+/// The `client_id` of OAuth2 token requests.
+const CLIENT_ID: &str = "keelson-image";
+
 pub(crate) struct Direct {
     http: reqwest::Client,
     /// `scheme://host[:port]<api path>`: requests go to `<base>/<repo>/...`.
@@ -34,6 +37,8 @@ pub(crate) struct Direct {
     /// hosts.toml `header`s, sent with every request (a name may repeat).
     headers: HeaderMap,
     auth: RegistryAuth,
+    /// An OAuth2 refresh token (CRI's identity token) to exchange for access tokens.
+    refresh_token: Option<String>,
     state: Mutex<Authorized>,
 }
 
@@ -42,6 +47,7 @@ impl Direct {
         ep: &Endpoint,
         repo: &str,
         auth: RegistryAuth,
+        refresh_token: Option<String>,
         ca: Vec<reqwest::Certificate>,
         identity: Option<reqwest::Identity>,
     ) -> Result<Self, String> {
@@ -77,6 +83,7 @@ impl Direct {
             repo: repo.to_string(),
             headers,
             auth,
+            refresh_token,
             state: Mutex::new(state),
         })
     }
@@ -147,10 +154,29 @@ impl Direct {
         if let Some(s) = get("service") {
             query.push(("service", s));
         }
-        let mut rb = self.http.get(&realm).query(&query);
-        if let RegistryAuth::Basic(u, p) = &self.auth {
-            rb = rb.basic_auth(u, Some(p));
-        }
+        let rb = match &self.refresh_token {
+            // OAuth2 (as containerd's FetchTokenWithOAuth): a form POST to the realm.
+            Some(rt) => {
+                let mut form = query.clone();
+                form.push(("grant_type", "refresh_token".into()));
+                form.push(("refresh_token", rt.clone()));
+                form.push(("client_id", CLIENT_ID.into()));
+                self.http
+                    .post(&realm)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(form_encode(&form))
+            }
+            None => {
+                let rb = self.http.get(&realm).query(&query);
+                match &self.auth {
+                    RegistryAuth::Basic(u, p) => rb.basic_auth(u, Some(p)),
+                    _ => rb,
+                }
+            }
+        };
         let resp = rb.send().await.map_err(|e| format!("token {realm}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("token {realm}: {}", resp.status()));
@@ -222,6 +248,29 @@ impl Direct {
 }
 
 /// `k="v",k2=v2` (quoted values may hold commas).
+/// `application/x-www-form-urlencoded` of `pairs` (unreserved bytes as they are, space as
+/// `+`, the rest percent-encoded).
+fn form_encode(pairs: &[(&str, String)]) -> String {
+    let enc = |s: &str| {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    out.push(b as char)
+                }
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn parse_params(s: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = s.trim();
@@ -250,6 +299,17 @@ fn parse_params(s: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn form_bodies() {
+        assert_eq!(
+            super::form_encode(&[
+                ("scope", "repository:a/b:pull".into()),
+                ("refresh_token", "x y&z".into())
+            ]),
+            "scope=repository%3Aa%2Fb%3Apull&refresh_token=x+y%26z"
+        );
+    }
+
     #[test]
     fn challenge_params() {
         let p = super::parse_params(

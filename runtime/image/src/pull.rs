@@ -49,13 +49,14 @@ enum Fetch {
 }
 
 impl Remote {
-    fn new(ep: &Endpoint, r: &ImageRef, auth: RegistryAuth) -> Result<Self> {
+    fn new(ep: &Endpoint, r: &ImageRef, auth: RegistryAuth, refresh: Option<&str>) -> Result<Self> {
         let mut pems = Vec::new();
         for path in &ep.options.ca {
             pems.push(std::fs::read(path).map_err(crate::error::io_err("read CA", path))?);
         }
         let reference = r.to_oci(&ep.host);
-        let direct = if ep.options.needs_direct() {
+        // oci-client has no OAuth2 refresh-token exchange: identity tokens go direct too.
+        let direct = if ep.options.needs_direct() || refresh.is_some() {
             let mut ca = Vec::new();
             for (pem, path) in pems.iter().zip(&ep.options.ca) {
                 ca.extend(
@@ -76,8 +77,15 @@ impl Remote {
                     })?)
                 }
             };
-            let d = Direct::new(ep, reference.repository(), auth.clone(), ca, identity)
-                .map_err(|e| registry_err(r, format!("{}: {e}", ep.host)))?;
+            let d = Direct::new(
+                ep,
+                reference.repository(),
+                auth.clone(),
+                refresh.map(str::to_string),
+                ca,
+                identity,
+            )
+            .map_err(|e| registry_err(r, format!("{}: {e}", ep.host)))?;
             Some(d)
         } else {
             None
@@ -330,12 +338,13 @@ impl ImageStore {
         {
             return Ok(img);
         }
+        let refresh = auth.refresh_token().map(str::to_string);
         let auth = auth.to_registry_auth()?;
         let store = self.clone();
         let lock = tokio::task::spawn_blocking(move || store.shared_lock())
             .await
             .map_err(|e| registry_err(&r, format!("lock task: {e}")))??;
-        let res = self.pull_locked(&r, auth).await;
+        let res = self.pull_locked(&r, auth, refresh.as_deref()).await;
         drop(lock);
         if res.is_err() {
             let store = self.clone();
@@ -344,10 +353,15 @@ impl ImageStore {
         res
     }
 
-    async fn pull_locked(&self, r: &ImageRef, auth: RegistryAuth) -> Result<Image> {
+    async fn pull_locked(
+        &self,
+        r: &ImageRef,
+        auth: RegistryAuth,
+        refresh: Option<&str>,
+    ) -> Result<Image> {
         let mut last_err = None;
         for ep in self.config.hosts.endpoints(&r.registry) {
-            let remote = Remote::new(&ep, r, auth.clone())?;
+            let remote = Remote::new(&ep, r, auth.clone(), refresh)?;
             match self.pull_from(&remote, r).await {
                 Ok(img) => return Ok(img),
                 // Only failures to reach or read a mirror fall through to the next endpoint;
