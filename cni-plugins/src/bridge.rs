@@ -233,13 +233,26 @@ struct ContainerSide {
     mac: String,
 }
 
-/// Inside the container netns: addresses, routes, sysctls, link up.
-fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Result<ContainerSide> {
+/// Inside the container netns, before the IPAM result is known: the netlink socket, the
+/// interface, `arp_notify`.
+fn prepare_container(ifname: &str) -> Result<(Handle, Link)> {
     let mut h = Handle::new().map_err(nl)?;
     let link = h
         .link_by_name(ifname)
         .map_err(nl)?
         .ok_or_else(|| CniError::plugin(format!("{ifname} not found in container netns")))?;
+    let _ = sysctl::set(&format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
+    Ok((h, link))
+}
+
+/// Inside the container netns: IPv6 sysctls, link up, addresses, routes.
+fn configure_container(
+    h: &mut Handle,
+    link: &Link,
+    c: &BridgeConf,
+    ifname: &str,
+    result: &CniResult,
+) -> Result<ContainerSide> {
     let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
     if has_v6 {
         // Duplicate address detection only delays a fresh veth's addresses.
@@ -247,7 +260,6 @@ fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Resu
         let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.accept_dad"), dad);
         let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "0");
     }
-    let _ = sysctl::set(&format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
     if !c.disable_container_interface {
         h.set_flags(link.index, true, None).map_err(nl)?;
     }
@@ -436,40 +448,77 @@ impl Bridge {
             None => None,
         };
         let links = make_links(args, c, h, netns, mac, undo);
-        // Wait for the plugin even when the links failed: the undo must not race its ADD.
-        let ipam_result = pending.map(ipam::Pending::result);
-        let (br, veth) = links?;
-        let mut result = match ipam_result {
-            Some(r) => {
-                let r = r?;
-                if r.ips.is_empty() {
-                    return Err(CniError::plugin("IPAM plugin returned missing IP config"));
-                }
-                r
-            }
-            None => CniResult::default(),
-        };
-        for ip in &mut result.ips {
-            ip.interface = Some(2);
-        }
-        if c.is_default_gateway {
-            for v4 in [true, false] {
-                let Some(gw) = family_gateway(&result, v4) else {
-                    continue;
+        let (tx, rx) = std::sync::mpsc::channel::<CniResult>();
+        let (br, veth, mut result, side) = std::thread::scope(|s| {
+            // The container side starts as soon as its interface exists (its netlink socket,
+            // the interface, a sysctl) while the IPAM plugin still runs; it gets the result
+            // through the channel, or gives up when the sender is dropped.
+            let worker = links.is_ok().then(|| {
+                s.spawn(move || -> Result<ContainerSide> {
+                    ns::enter(netns)?;
+                    let (mut ch, link) = prepare_container(&args.ifname)?;
+                    let result = rx
+                        .recv()
+                        .map_err(|_| CniError::plugin("ADD aborted before the IPAM result"))?;
+                    configure_container(&mut ch, &link, c, &args.ifname, &result)
+                })
+            });
+            let inner = || -> Result<(Link, Link, CniResult)> {
+                // Wait for the plugin even when the links failed: the undo must not race its ADD.
+                let ipam_result = pending.map(ipam::Pending::result);
+                let (br, veth) = links?;
+                let mut result = match ipam_result {
+                    Some(r) => {
+                        let r = r?;
+                        if r.ips.is_empty() {
+                            return Err(CniError::plugin("IPAM plugin returned missing IP config"));
+                        }
+                        r
+                    }
+                    None => CniResult::default(),
                 };
-                let dst: IpNet = if v4 {
-                    IpNet::new(IpAddr::from([0u8; 4]), 0)
-                } else {
-                    IpNet::new(IpAddr::from([0u16; 8]), 0)
+                for ip in &mut result.ips {
+                    ip.interface = Some(2);
                 }
-                .map_err(|e| CniError::plugin(e.to_string()))?;
-                if !result.routes.iter().any(|r| r.dst == dst) {
-                    result.routes.push(Route::new(dst, Some(gw)));
+                if c.is_default_gateway {
+                    for v4 in [true, false] {
+                        let Some(gw) = family_gateway(&result, v4) else {
+                            continue;
+                        };
+                        let dst: IpNet = if v4 {
+                            IpNet::new(IpAddr::from([0u8; 4]), 0)
+                        } else {
+                            IpNet::new(IpAddr::from([0u16; 8]), 0)
+                        }
+                        .map_err(|e| CniError::plugin(e.to_string()))?;
+                        if !result.routes.iter().any(|r| r.dst == dst) {
+                            result.routes.push(Route::new(dst, Some(gw)));
+                        }
+                    }
+                }
+                Ok((br, veth, result))
+            };
+            let out = inner();
+            let joined = |w: Option<std::thread::ScopedJoinHandle<'_, Result<ContainerSide>>>| {
+                w.map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(CniError::plugin("netns worker thread panicked")))
+                })
+            };
+            match out {
+                Ok((br, veth, result)) => {
+                    let _ = tx.send(result.clone());
+                    let side = joined(worker)
+                        .unwrap_or_else(|| Err(CniError::plugin("no container worker")))?;
+                    Ok((br, veth, result, side))
+                }
+                Err(e) => {
+                    drop(tx);
+                    let _ = joined(worker);
+                    Err(e)
                 }
             }
-        }
-
-        let side = ns::run_in(netns, || configure_container(c, &args.ifname, &result))?;
+        })?;
 
         if c.is_gateway {
             let existing = h.addrs(Some(br.index)).map_err(nl)?;
@@ -620,16 +669,19 @@ impl Plugin for Bridge {
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
         let c = parse(conf)?;
-        // The IPAM plugin releases the addresses while the interface goes.
-        let pending = match conf.get("ipam") {
-            Some(_) => Some(ipam::spawn(args, conf, "DEL")?),
-            None => None,
-        };
-        let res = del_links(args, conf, &c);
-        if let Some(p) = pending {
-            p.wait()?;
-        }
-        res
+        // The interface's deletion (most of a DEL: the kernel's unregistering of a veth pair
+        // waits for RCU) starts first; the IPAM plugin releases the addresses meanwhile.
+        std::thread::scope(|s| {
+            let links = s.spawn(|| del_links(args, conf, &c));
+            let pending = conf.get("ipam").map(|_| ipam::spawn(args, conf, "DEL"));
+            let res = links
+                .join()
+                .unwrap_or_else(|_| Err(CniError::plugin("DEL worker thread panicked")));
+            if let Some(p) = pending {
+                p?.wait()?;
+            }
+            res
+        })
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
