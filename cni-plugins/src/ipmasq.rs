@@ -55,11 +55,16 @@ pub fn setup(addrs: &[IpNet], network: &str, container_id: &str) -> Result<()> {
         // Declaring the chain flushes it, so a repeated ADD leaves exactly one copy of its rules.
         let mut body = format!(":{chain} - [0:0]\n");
         let mut masq = false;
+        let mut accepted: Vec<IpNet> = Vec::new();
         for a in addrs.iter().filter(|a| a.addr().is_ipv6() == v6) {
-            body.push_str(&format!(
-                "-A {chain} -d {} -m comment --comment {c} -j ACCEPT\n",
-                a.trunc()
-            ));
+            // Each rule once, as the reference's AppendUnique.
+            if !accepted.contains(&a.trunc()) {
+                accepted.push(a.trunc());
+                body.push_str(&format!(
+                    "-A {chain} -d {} -m comment --comment {c} -j ACCEPT\n",
+                    a.trunc()
+                ));
+            }
             if !masq {
                 body.push_str(&format!(
                     "-A {chain} ! -d {multicast} -m comment --comment {c} -j MASQUERADE\n"
