@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use keelson_tests::Netns;
-use keelson_tests::cni::{Invocation, Plugins, TestNet, invoke};
+use keelson_tests::cni::{Invocation, Plugins, TestNet, enter_netns, invoke_here};
 use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
@@ -81,7 +81,7 @@ fn run(
     plugin: &str,
     conf: &Value,
 ) -> Result<(Value, Duration)> {
-    let out = invoke(plugins, plugin, &net.host, inv, conf)?;
+    let out = invoke_here(plugins, plugin, inv, conf)?;
     if !out.success {
         bail!(
             "{} {plugin} {} failed: {} {}",
@@ -91,7 +91,7 @@ fn run(
             out.stderr
         );
     }
-    let _ = c;
+    let _ = (net, c);
     Ok((out.json(), out.elapsed))
 }
 
@@ -209,7 +209,16 @@ fn main() -> Result<()> {
         for i in 0..(args.warmup + args.iterations) {
             for (k, env) in envs.iter().enumerate() {
                 n += 1;
-                let (a, d) = cycle(env, scenario, n)?;
+                // Each cycle runs on a thread that joined the environment's host netns, so the
+                // plugins start with posix_spawn from there (no fork of this process).
+                let (a, d) = std::thread::scope(|s| {
+                    s.spawn(|| {
+                        enter_netns(&env.net.host).context("join the test host netns")?;
+                        cycle(env, scenario, n)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("bench thread panicked")))
+                })?;
                 if i >= args.warmup {
                     adds[k].push(a);
                     dels[k].push(d);

@@ -127,18 +127,65 @@ fn parse(conf: &Value) -> Result<BridgeConf> {
 }
 
 fn unimplemented(c: &BridgeConf) -> Result<()> {
-    let what = if c.ip_masq && c.ip_masq_backend.as_deref() == Some("nftables") {
-        "ipMasqBackend nftables"
-    } else if c.vlan != 0 || c.vlan_trunk.is_some() {
-        "vlan"
-    } else if c.mac.is_some() {
-        "mac"
-    } else {
-        return Ok(());
-    };
-    Err(CniError::config(format!(
-        "unimplemented: bridge option {what:?} is not supported yet"
-    )))
+    // This VM's kernel has no VLAN filtering on bridges: neither implementation can make one
+    // here, so it could not be tested.
+    if c.vlan != 0 || c.vlan_trunk.is_some() {
+        return Err(CniError::config(
+            "unimplemented: bridge option \"vlan\"/\"vlanTrunk\" is not supported yet",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `ipMasq` uses nftables: asked for, or no iptables installed (as upstream).
+fn masq_nftables(c: &BridgeConf) -> bool {
+    match c.ip_masq_backend.as_deref() {
+        Some("nftables") => true,
+        Some("iptables") => false,
+        _ => !crate::ipt::available(),
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(CniError::config(format!("invalid MAC address {s:?}")));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        *b = u8::from_str_radix(p, 16)
+            .ok()
+            .filter(|_| p.len() == 2)
+            .ok_or_else(|| CniError::config(format!("invalid MAC address {s:?}")))?;
+    }
+    if mac[0] & 1 == 1 {
+        return Err(CniError::config(format!(
+            "MAC address {s:?} is a multicast address"
+        )));
+    }
+    Ok(mac)
+}
+
+/// The container interface's MAC when one is asked for, as the reference reads it: `mac` in
+/// the config (lowest), `MAC` in `CNI_ARGS`, `args.cni.mac`, `runtimeConfig.mac` (highest).
+fn requested_mac(c: &BridgeConf, cni_args: Option<&str>, conf: &Value) -> Result<Option<[u8; 6]>> {
+    let mut mac = c.mac.clone().filter(|m| !m.is_empty());
+    if let Some(m) = cni_args.filter(|m| !m.is_empty()) {
+        mac = Some(m.to_string());
+    }
+    for ptr in ["/args/cni/mac", "/runtimeConfig/mac"] {
+        match conf.pointer(ptr) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(m)) if m.is_empty() => {}
+            Some(Value::String(m)) => mac = Some(m.clone()),
+            Some(other) => {
+                return Err(CniError::config(format!(
+                    "invalid MAC address {other} in {ptr}"
+                )));
+            }
+        }
+    }
+    mac.as_deref().map(parse_mac).transpose()
 }
 
 fn random_veth_name() -> Result<String> {
@@ -186,13 +233,26 @@ struct ContainerSide {
     mac: String,
 }
 
-/// Inside the container netns: addresses, routes, sysctls, link up.
-fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Result<ContainerSide> {
+/// Inside the container netns, before the IPAM result is known: the netlink socket, the
+/// interface, `arp_notify`.
+fn prepare_container(ifname: &str) -> Result<(Handle, Link)> {
     let mut h = Handle::new().map_err(nl)?;
     let link = h
         .link_by_name(ifname)
         .map_err(nl)?
         .ok_or_else(|| CniError::plugin(format!("{ifname} not found in container netns")))?;
+    let _ = sysctl::set(&format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
+    Ok((h, link))
+}
+
+/// Inside the container netns: IPv6 sysctls, link up, addresses, routes.
+fn configure_container(
+    h: &mut Handle,
+    link: &Link,
+    c: &BridgeConf,
+    ifname: &str,
+    result: &CniResult,
+) -> Result<ContainerSide> {
     let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
     if has_v6 {
         // Duplicate address detection only delays a fresh veth's addresses.
@@ -200,7 +260,6 @@ fn configure_container(c: &BridgeConf, ifname: &str, result: &CniResult) -> Resu
         let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.accept_dad"), dad);
         let _ = sysctl::set(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "0");
     }
-    let _ = sysctl::set(&format!("net.ipv4.conf.{ifname}.arp_notify"), "1");
     if !c.disable_container_interface {
         h.set_flags(link.index, true, None).map_err(nl)?;
     }
@@ -236,6 +295,59 @@ fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
         .find_map(|i| i.gateway)
 }
 
+/// The container side of a DEL: its interface (and so the veth pair), MAC spoof check and
+/// masquerade rules.
+fn del_links(args: &Args, conf: &Value, c: &BridgeConf) -> Result<()> {
+    // The container's addresses, for ipMasq: read from its interface, else from prevResult.
+    let mut addrs: Vec<IpNet> = types::prev_result(conf)
+        .ok()
+        .flatten()
+        .map(|r| r.ips.iter().map(|i| i.address).collect())
+        .unwrap_or_default();
+    let netns = args.netns.as_ref().and_then(|p| File::open(p).ok());
+    if let Some(netns) = netns {
+        let found = ns::run_in(&netns, || {
+            let mut h = Handle::new().map_err(nl)?;
+            let mut found = Vec::new();
+            if let Some(l) = h.link_by_name(&args.ifname).map_err(nl)? {
+                if c.ip_masq {
+                    found = h
+                        .addrs(Some(l.index))
+                        .map_err(nl)?
+                        .into_iter()
+                        .map(|(_, a)| a)
+                        .filter(|a| !a.addr().is_loopback() && !is_link_local(a))
+                        .collect();
+                }
+                match h.del_link(l.index) {
+                    Ok(()) => {}
+                    Err(e) if e.errno() == Some(libc::ENODEV) => {}
+                    Err(e) => return Err(nl(e)),
+                }
+            }
+            Ok(found)
+        })?;
+        if !found.is_empty() {
+            addrs = found;
+        }
+    }
+    if c.macspoofchk {
+        crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args))?;
+    }
+    if c.ip_masq {
+        let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+        // Without any address known (vanished netns, no prevResult) both families are looked at.
+        let v6 = addrs.is_empty() || addrs.iter().any(|a| a.addr().is_ipv6());
+        let v4 = addrs.is_empty() || addrs.iter().any(|a| a.addr().is_ipv4());
+        // Both backends: the ADD may have used the other one (another config or implementation).
+        if crate::ipt::available() {
+            crate::ipmasq::teardown(name, &args.container_id, v4, v6)?;
+        }
+        crate::ipmasq::nft::teardown(name, &args.ifname, &args.container_id)?;
+    }
+    Ok(())
+}
+
 pub struct Bridge;
 
 /// What a failed ADD must remove again.
@@ -269,6 +381,56 @@ fn macspoofchk_script(tag: &str, host_veth: &str, mac: &str) -> String {
     )
 }
 
+/// The host side of an ADD: the bridge, the veth pair (peer in the container netns), the host
+/// end enslaved and up.
+fn make_links(
+    args: &Args,
+    c: &BridgeConf,
+    h: &mut Handle,
+    netns: &File,
+    mac: Option<[u8; 6]>,
+    undo: &mut Undo,
+) -> Result<(Link, Link)> {
+    let (br, created) = ensure_bridge(h, c)?;
+    if created {
+        undo.bridge = Some(br.index);
+    }
+    let mtu = c.mtu.or((br.mtu != 0 && br.mtu != 1500).then_some(br.mtu));
+
+    let mut name = random_veth_name()?;
+    let mut tries = 0;
+    loop {
+        match h.add_veth(&name, &args.ifname, mtu, mac, netns.as_raw_fd()) {
+            Ok(()) => break,
+            // EEXIST: either the random host name is taken (try another) or the
+            // container already has CNI_IFNAME.
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                if tries >= 5 || h.link_by_name(&name).map_err(nl)?.is_none() {
+                    return Err(CniError::plugin(format!(
+                        "container veth name provided ({}) already exists",
+                        args.ifname
+                    )));
+                }
+                tries += 1;
+                name = random_veth_name()?;
+            }
+            Err(e) => return Err(nl(e)),
+        }
+    }
+    let veth = h
+        .link_by_name(&name)
+        .map_err(nl)?
+        .ok_or_else(|| CniError::plugin("host veth vanished after creation"))?;
+    undo.host_veth = Some(veth.index);
+    h.set_master(veth.index, br.index).map_err(nl)?;
+    if c.hairpin_mode || c.port_isolation {
+        h.set_bridge_port(veth.index, c.hairpin_mode, c.port_isolation)
+            .map_err(nl)?;
+    }
+    h.set_flags(veth.index, true, None).map_err(nl)?;
+    Ok((br, veth))
+}
+
 impl Bridge {
     fn add_inner(
         &self,
@@ -279,74 +441,84 @@ impl Bridge {
         netns: &File,
         undo: &mut Undo,
     ) -> Result<CniResult> {
-        let (br, created) = ensure_bridge(h, c)?;
-        if created {
-            undo.bridge = Some(br.index);
-        }
-        let mtu = c.mtu.or((br.mtu != 0 && br.mtu != 1500).then_some(br.mtu));
-
-        let mut name = random_veth_name()?;
-        let mut tries = 0;
-        loop {
-            match h.add_veth(&name, &args.ifname, mtu, netns.as_raw_fd()) {
-                Ok(()) => break,
-                // EEXIST: either the random host name is taken (try another) or the
-                // container already has CNI_IFNAME.
-                Err(e) if e.errno() == Some(libc::EEXIST) => {
-                    if tries >= 5 || h.link_by_name(&name).map_err(nl)?.is_none() {
-                        return Err(CniError::plugin(format!(
-                            "container veth name provided ({}) already exists",
-                            args.ifname
-                        )));
-                    }
-                    tries += 1;
-                    name = random_veth_name()?;
-                }
-                Err(e) => return Err(nl(e)),
-            }
-        }
-        let veth = h
-            .link_by_name(&name)
-            .map_err(nl)?
-            .ok_or_else(|| CniError::plugin("host veth vanished after creation"))?;
-        undo.host_veth = Some(veth.index);
-        h.set_master(veth.index, br.index).map_err(nl)?;
-        if c.hairpin_mode || c.port_isolation {
-            h.set_bridge_port(veth.index, c.hairpin_mode, c.port_isolation)
-                .map_err(nl)?;
-        }
-        h.set_flags(veth.index, true, None).map_err(nl)?;
-
-        let mut result = if conf.get("ipam").is_some() {
-            let r = ipam::add(args, conf)?;
-            if r.ips.is_empty() {
-                return Err(CniError::plugin("IPAM plugin returned missing IP config"));
-            }
-            r
-        } else {
-            CniResult::default()
+        let mac = requested_mac(c, args.arg("MAC"), conf)?;
+        // The IPAM plugin runs while the links are made.
+        let pending = match conf.get("ipam") {
+            Some(_) => Some(ipam::spawn(args, conf, "ADD")?),
+            None => None,
         };
-        for ip in &mut result.ips {
-            ip.interface = Some(2);
-        }
-        if c.is_default_gateway {
-            for v4 in [true, false] {
-                let Some(gw) = family_gateway(&result, v4) else {
-                    continue;
+        let links = make_links(args, c, h, netns, mac, undo);
+        let (tx, rx) = std::sync::mpsc::channel::<CniResult>();
+        let (br, veth, mut result, side) = std::thread::scope(|s| {
+            // The container side starts as soon as its interface exists (its netlink socket,
+            // the interface, a sysctl) while the IPAM plugin still runs; it gets the result
+            // through the channel, or gives up when the sender is dropped.
+            let worker = links.is_ok().then(|| {
+                s.spawn(move || -> Result<ContainerSide> {
+                    ns::enter(netns)?;
+                    let (mut ch, link) = prepare_container(&args.ifname)?;
+                    let result = rx
+                        .recv()
+                        .map_err(|_| CniError::plugin("ADD aborted before the IPAM result"))?;
+                    configure_container(&mut ch, &link, c, &args.ifname, &result)
+                })
+            });
+            let inner = || -> Result<(Link, Link, CniResult)> {
+                // Wait for the plugin even when the links failed: the undo must not race its ADD.
+                let ipam_result = pending.map(ipam::Pending::result);
+                let (br, veth) = links?;
+                let mut result = match ipam_result {
+                    Some(r) => {
+                        let r = r?;
+                        if r.ips.is_empty() {
+                            return Err(CniError::plugin("IPAM plugin returned missing IP config"));
+                        }
+                        r
+                    }
+                    None => CniResult::default(),
                 };
-                let dst: IpNet = if v4 {
-                    IpNet::new(IpAddr::from([0u8; 4]), 0)
-                } else {
-                    IpNet::new(IpAddr::from([0u16; 8]), 0)
+                for ip in &mut result.ips {
+                    ip.interface = Some(2);
                 }
-                .map_err(|e| CniError::plugin(e.to_string()))?;
-                if !result.routes.iter().any(|r| r.dst == dst) {
-                    result.routes.push(Route::new(dst, Some(gw)));
+                if c.is_default_gateway {
+                    for v4 in [true, false] {
+                        let Some(gw) = family_gateway(&result, v4) else {
+                            continue;
+                        };
+                        let dst: IpNet = if v4 {
+                            IpNet::new(IpAddr::from([0u8; 4]), 0)
+                        } else {
+                            IpNet::new(IpAddr::from([0u16; 8]), 0)
+                        }
+                        .map_err(|e| CniError::plugin(e.to_string()))?;
+                        if !result.routes.iter().any(|r| r.dst == dst) {
+                            result.routes.push(Route::new(dst, Some(gw)));
+                        }
+                    }
+                }
+                Ok((br, veth, result))
+            };
+            let out = inner();
+            let joined = |w: Option<std::thread::ScopedJoinHandle<'_, Result<ContainerSide>>>| {
+                w.map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(CniError::plugin("netns worker thread panicked")))
+                })
+            };
+            match out {
+                Ok((br, veth, result)) => {
+                    let _ = tx.send(result.clone());
+                    let side = joined(worker)
+                        .unwrap_or_else(|| Err(CniError::plugin("no container worker")))?;
+                    Ok((br, veth, result, side))
+                }
+                Err(e) => {
+                    drop(tx);
+                    let _ = joined(worker);
+                    Err(e)
                 }
             }
-        }
-
-        let side = ns::run_in(netns, || configure_container(c, &args.ifname, &result))?;
+        })?;
 
         if c.is_gateway {
             let existing = h.addrs(Some(br.index)).map_err(nl)?;
@@ -392,9 +564,12 @@ impl Bridge {
 
         if c.ip_masq {
             let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
-            for ip in &result.ips {
-                undo.masq.push(ip.address);
-                crate::ipmasq::setup(&ip.address, name, &args.container_id)?;
+            let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
+            undo.masq = addrs.clone();
+            if masq_nftables(c) {
+                crate::ipmasq::nft::setup(&addrs, name, &args.ifname, &args.container_id)?;
+            } else {
+                crate::ipmasq::setup(&addrs, name, &args.container_id)?;
             }
         }
 
@@ -435,7 +610,8 @@ impl Bridge {
 
 impl Plugin for Bridge {
     fn validate(&self, conf: &Value) -> Result<()> {
-        parse(conf)?;
+        let c = parse(conf)?;
+        requested_mac(&c, None, conf)?;
         // host-local is ours too: refuse its bad config before anything is created.
         if conf.pointer("/ipam/type").and_then(Value::as_str) == Some("host-local") {
             crate::hostlocal::Config::parse(conf)?;
@@ -462,8 +638,14 @@ impl Plugin for Bridge {
                 let _ = crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args));
             }
             let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
-            for ip in &undo.masq {
-                let _ = crate::ipmasq::teardown(ip, name, &args.container_id);
+            if !undo.masq.is_empty() {
+                if masq_nftables(&c) {
+                    let _ = crate::ipmasq::nft::teardown(name, &args.ifname, &args.container_id);
+                } else {
+                    let v6 = undo.masq.iter().any(|a| a.addr().is_ipv6());
+                    let v4 = undo.masq.iter().any(|a| a.addr().is_ipv4());
+                    let _ = crate::ipmasq::teardown(name, &args.container_id, v4, v6);
+                }
             }
             // A bridge this ADD created goes too, unless another container joined it meanwhile.
             if let Some(br) = created_bridge
@@ -487,56 +669,41 @@ impl Plugin for Bridge {
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
         let c = parse(conf)?;
-        if conf.get("ipam").is_some() {
-            ipam::del(args, conf)?;
-        }
-        // The container's addresses, for ipMasq: read from its interface, else from prevResult.
-        let mut addrs: Vec<IpNet> = types::prev_result(conf)
-            .ok()
-            .flatten()
-            .map(|r| r.ips.iter().map(|i| i.address).collect())
-            .unwrap_or_default();
-        let netns = args.netns.as_ref().and_then(|p| File::open(p).ok());
-        if let Some(netns) = netns {
-            let found = ns::run_in(&netns, || {
-                let mut h = Handle::new().map_err(nl)?;
-                let mut found = Vec::new();
-                if let Some(l) = h.link_by_name(&args.ifname).map_err(nl)? {
-                    found = h
-                        .addrs(Some(l.index))
-                        .map_err(nl)?
-                        .into_iter()
-                        .map(|(_, a)| a)
-                        .filter(|a| !a.addr().is_loopback() && !is_link_local(a))
-                        .collect();
-                    match h.del_link(l.index) {
-                        Ok(()) => {}
-                        Err(e) if e.errno() == Some(libc::ENODEV) => {}
-                        Err(e) => return Err(nl(e)),
-                    }
-                }
-                Ok(found)
-            })?;
-            if !found.is_empty() {
-                addrs = found;
+        // The interface's deletion (most of a DEL: the kernel's unregistering of a veth pair
+        // waits for RCU) starts first; the IPAM plugin releases the addresses meanwhile.
+        std::thread::scope(|s| {
+            let links = s.spawn(|| del_links(args, conf, &c));
+            let pending = conf.get("ipam").map(|_| ipam::spawn(args, conf, "DEL"));
+            let res = links
+                .join()
+                .unwrap_or_else(|_| Err(CniError::plugin("DEL worker thread panicked")));
+            if let Some(p) = pending {
+                p?.wait()?;
             }
-        }
-        if c.macspoofchk {
-            crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args))?;
-        }
-        if c.ip_masq {
-            let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
-            for a in &addrs {
-                crate::ipmasq::teardown(a, name, &args.container_id)?;
-            }
-        }
-        Ok(())
+            res
+        })
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
         let c = parse(conf)?;
         let prev = types::prev_result(conf)?
             .ok_or_else(|| CniError::config("Required prevResult missing"))?;
+        let path = args
+            .netns
+            .as_ref()
+            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS missing"))?;
+        // A container whose namespace is gone is unknown (code 3).
+        let netns = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CniError::with_details(
+                    Code::UnknownContainer,
+                    format!("netns {:?} does not exist", path.display()),
+                    e,
+                ));
+            }
+            Err(_) => ns::open(path)?,
+        };
         if conf.get("ipam").is_some() {
             ipam::check(args, conf)?;
         }
@@ -547,6 +714,24 @@ impl Plugin for Bridge {
             .ok_or_else(|| CniError::plugin(format!("bridge {:?} not found", c.bridge)))?;
         if br.kind != Some(InfoKind::Bridge) {
             return Err(CniError::plugin(format!("{:?} is not a bridge", c.bridge)));
+        }
+        if c.promisc_mode && !br.promisc {
+            return Err(CniError::plugin(format!(
+                "bridge {:?} is not in promiscuous mode",
+                c.bridge
+            )));
+        }
+        if c.is_gateway {
+            let v4 = prev.ips.iter().any(|i| i.address.addr().is_ipv4());
+            let v6 = prev.ips.iter().any(|i| i.address.addr().is_ipv6());
+            for (want, key) in [
+                (v4, "net.ipv4.ip_forward"),
+                (v6, "net.ipv6.conf.all.forwarding"),
+            ] {
+                if want && sysctl::get(key)? != "1" {
+                    return Err(CniError::plugin(format!("sysctl {key} is not 1")));
+                }
+            }
         }
         let cont = prev
             .interfaces
@@ -569,13 +754,29 @@ impl Plugin for Bridge {
                     i.name, c.bridge
                 )));
             }
+            if l.hairpin.is_some_and(|hp| hp != c.hairpin_mode) {
+                return Err(CniError::plugin(format!(
+                    "interface {}: hairpin mode is not {}",
+                    i.name, c.hairpin_mode
+                )));
+            }
+            if l.isolated.is_some_and(|iso| iso != c.port_isolation) {
+                return Err(CniError::plugin(format!(
+                    "interface {}: port isolation is not {}",
+                    i.name, c.port_isolation
+                )));
+            }
+            if let Some(mtu) = c.mtu
+                && l.mtu != mtu
+            {
+                return Err(CniError::plugin(format!(
+                    "interface {}: MTU {} is not {mtu}",
+                    i.name, l.mtu
+                )));
+            }
         }
-        let path = args
-            .netns
-            .as_ref()
-            .ok_or_else(|| CniError::new(Code::InvalidEnv, "CNI_NETNS missing"))?;
-        let netns = ns::open(path)?;
         let cont_mac = cont.mac.clone();
+        let has_v6 = prev.ips.iter().any(|i| i.address.addr().is_ipv6());
         ns::run_in(&netns, || {
             let mut ch = Handle::new().map_err(nl)?;
             let l = ch
@@ -592,6 +793,30 @@ impl Plugin for Bridge {
                     l.mac_string(),
                     cont_mac
                 )));
+            }
+            if let Some(mtu) = c.mtu
+                && l.mtu != mtu
+            {
+                return Err(CniError::plugin(format!(
+                    "interface {}: MTU {} is not {mtu}",
+                    args.ifname, l.mtu
+                )));
+            }
+            if !c.disable_container_interface && !l.is_up() {
+                return Err(CniError::plugin(format!(
+                    "interface {} is down",
+                    args.ifname
+                )));
+            }
+            let mut want = vec![(format!("net.ipv4.conf.{}.arp_notify", args.ifname), "1")];
+            if has_v6 {
+                let dad = if c.enabledad { "1" } else { "0" };
+                want.push((format!("net.ipv6.conf.{}.accept_dad", args.ifname), dad));
+            }
+            for (key, value) in want {
+                if sysctl::get(&key)? != value {
+                    return Err(CniError::plugin(format!("sysctl {key} is not {value}")));
+                }
             }
             let addrs = ch.addrs(Some(l.index)).map_err(nl)?;
             for ip in &prev.ips {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
@@ -242,6 +243,44 @@ impl Config {
     }
 }
 
+/// How long an operation waits for another one holding the store's lock before it answers
+/// "try again later" (code 11): `KEELSON_CNI_LOCK_TIMEOUT_MS`, default 10 s.
+fn lock_timeout() -> Duration {
+    std::env::var("KEELSON_CNI_LOCK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// An exclusive flock on `file`; the uncontended case takes one non-blocking call, contention is
+/// polled (1 ms, doubling to 50 ms) until `timeout`, then code 11.
+fn lock_with_timeout(file: File, timeout: Duration) -> Result<Flock<File>> {
+    let deadline = Instant::now() + timeout;
+    let mut file = file;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                if Instant::now() >= deadline {
+                    return Err(CniError::new(
+                        Code::TryAgainLater,
+                        format!(
+                            "the allocation store is locked by another operation (waited {} ms)",
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
+                file = f;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err((_, e)) => return Err(CniError::io("failed to lock the allocation store", e)),
+        }
+    }
+}
+
 /// The network's allocation directory, locked for as long as the store lives.
 struct Store {
     dir: PathBuf,
@@ -261,8 +300,7 @@ impl Store {
             .mode(0o600)
             .open(dir.join("lock"))
             .map_err(|e| CniError::io("failed to open lock file", e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| CniError::io("failed to lock the allocation store", e))?;
+        let lock = lock_with_timeout(file, lock_timeout())?;
         Ok(Store { dir, _lock: lock })
     }
 
@@ -523,10 +561,14 @@ impl Plugin for HostLocal {
         if found {
             Ok(())
         } else {
-            Err(CniError::plugin(format!(
-                "host-local: Failed to find address added by container {}",
-                args.container_id
-            )))
+            // Nothing allocated for it: the container is unknown here (code 3).
+            Err(CniError::new(
+                Code::UnknownContainer,
+                format!(
+                    "host-local: Failed to find address added by container {}",
+                    args.container_id
+                ),
+            ))
         }
     }
 

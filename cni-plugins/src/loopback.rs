@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::error::{CniError, Result};
+use crate::error::{CniError, Code, Result};
 use crate::netlink::Handle;
 use crate::ns;
 use crate::skel::{Args, Plugin};
@@ -77,7 +77,18 @@ impl Plugin for Loopback {
         let Some(path) = &args.netns else {
             return Err(CniError::plugin("CNI_NETNS missing"));
         };
-        let file = ns::open(path)?;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // A container whose namespace is gone is unknown (code 3).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(CniError::with_details(
+                    Code::UnknownContainer,
+                    format!("netns {:?} does not exist", path.display()),
+                    e,
+                ));
+            }
+            Err(_) => ns::open(path)?,
+        };
         ns::run_in(&file, || {
             let mut h = Handle::new().map_err(|e| CniError::plugin(e.to_string()))?;
             match h.link_by_name("lo") {

@@ -276,10 +276,14 @@ impl Handle {
         name: &str,
         peer: &str,
         mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
         peer_netns: RawFd,
     ) -> Result<()> {
         let mut p = LinkMessage::default();
         p.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        if let Some(mac) = peer_mac {
+            p.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         p.attributes.push(LinkAttribute::NetNsFd(peer_netns));
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));

@@ -19,6 +19,13 @@ pub fn open(path: &Path) -> Result<File> {
     })
 }
 
+/// Moves the calling thread into the network namespace `ns`. Only for a thread spawned for
+/// that purpose (the main thread never changes namespace).
+pub fn enter(ns: &File) -> Result<()> {
+    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| CniError::with_details(Code::Plugin, "failed to enter netns", e))
+}
+
 /// Runs `f` on a new thread that first joins the network namespace `ns`; the caller's own
 /// thread never changes namespace.
 pub fn run_in<T, F>(ns: &File, f: F) -> Result<T>

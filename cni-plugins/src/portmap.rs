@@ -1,10 +1,17 @@
-//! `portmap`: host ports forwarded to a container (`runtimeConfig.portMappings`), with nftables.
+//! `portmap`: host ports forwarded to a container (`runtimeConfig.portMappings`).
 //!
-//! Everything lives in one table, `inet keelson_hostport`: base chains hooked at prerouting and
-//! output send traffic to local addresses through `hostports`, which holds each container's
-//! DNAT rules (and the rules that mark hairpin and localhost traffic for masquerading); the
-//! `masquerading` chain, hooked at postrouting, masquerades marked packets. Every rule carries a
-//! comment naming its container, so DEL removes exactly that container's rules.
+//! Two backends, chosen by `backend` (default: iptables when `iptables` is installed, else
+//! nftables, as upstream):
+//!
+//! - iptables (`src/portmap_ipt.rs`): the reference plugin's chains and rules, so ADD and DEL
+//!   mix with the reference;
+//! - nftables: one table, `inet keelson_hostport`: base chains hooked at prerouting and output
+//!   send traffic to local addresses through `hostports`, which holds each container's DNAT
+//!   rules (and the rules that mark hairpin and localhost traffic for masquerading); the
+//!   `masquerading` chain, hooked at postrouting, masquerades marked packets. Every rule carries
+//!   a comment naming its container, so DEL removes exactly that container's rules.
+//!
+//! DEL cleans both backends.
 
 use std::net::IpAddr;
 
@@ -12,9 +19,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{CniError, Result};
+use crate::error::{CniError, Code, Result};
+use crate::ipt;
 use crate::netlink::Handle;
 use crate::nft;
+use crate::portmap_ipt;
 use crate::skel::{Args, Plugin};
 use crate::sysctl;
 use crate::types::{self, CniResult};
@@ -71,7 +80,15 @@ struct Mapping {
     host_ip: Option<IpAddr>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Iptables,
+    Nftables,
+}
+
 struct Parsed {
+    backend: Backend,
+    external_set_mark_chain: Option<String>,
     snat: bool,
     masq_all: bool,
     mark: u32,
@@ -83,22 +100,35 @@ struct Parsed {
 fn parse(conf: &Value) -> Result<Parsed> {
     types::check_keys(conf, &OWN_KEYS, "portmap config")?;
     let c: Conf = types::typed(conf, "portmap config")?;
-    if let Some(b) = &c.backend
-        && b != "nftables"
-    {
-        return Err(CniError::config(format!(
-            "unimplemented: portmap backend {b:?} (only \"nftables\" is implemented)"
-        )));
-    }
-    if c.external_set_mark_chain.is_some() {
+    let backend = match c.backend.as_deref() {
+        Some("iptables") => Backend::Iptables,
+        Some("nftables") => Backend::Nftables,
+        // As upstream: iptables when it is there, else nftables.
+        None | Some("") if ipt::available() => Backend::Iptables,
+        None | Some("") => Backend::Nftables,
+        Some(other) => {
+            return Err(CniError::config(format!(
+                "unknown portmap backend {other:?} (want \"iptables\" or \"nftables\")"
+            )));
+        }
+    };
+    if let Some(chain) = &c.external_set_mark_chain {
         if c.mark_masq_bit.is_some() {
             return Err(CniError::config(
                 "Cannot specify externalSetMarkChain and markMasqBit",
             ));
         }
-        return Err(CniError::config(
-            "unimplemented: externalSetMarkChain needs the iptables backend",
-        ));
+        if backend == Backend::Nftables {
+            return Err(CniError::config(
+                "externalSetMarkChain is only supported with the iptables backend",
+            ));
+        }
+        if chain.is_empty() || chain.len() > 28 || chain.contains(char::is_whitespace) {
+            return Err(CniError::config(format!(
+                "invalid externalSetMarkChain {chain:?}"
+            )));
+        }
+        ipt::check_arg(chain)?;
     }
     let bit = c.mark_masq_bit.unwrap_or(13);
     if !(0..=31).contains(&bit) {
@@ -107,7 +137,10 @@ fn parse(conf: &Value) -> Result<Parsed> {
         )));
     }
     for cond in c.conditions_v4.iter().chain(&c.conditions_v6) {
-        if cond.contains([';', '\n', '{', '}', '#']) {
+        // nftables: match expressions; iptables: arguments of one rule.
+        if backend == Backend::Iptables {
+            ipt::check_arg(cond)?;
+        } else if cond.contains([';', '\n', '{', '}', '#']) {
             return Err(CniError::config(format!("invalid condition {cond:?}")));
         }
     }
@@ -156,6 +189,8 @@ fn parse(conf: &Value) -> Result<Parsed> {
         });
     }
     Ok(Parsed {
+        backend,
+        external_set_mark_chain: c.external_set_mark_chain,
         snat: c.snat.unwrap_or(true),
         masq_all: c.masq_all,
         mark: 1u32 << bit,
@@ -175,17 +210,58 @@ fn tag(conf: &Value, args: &Args) -> String {
     )
 }
 
-/// The container addresses the mappings forward to.
-fn container_ips(prev: &CniResult) -> Vec<IpNet> {
-    prev.ips
-        .iter()
-        .filter(|ip| {
-            ip.interface
-                .and_then(|i| prev.interfaces.get(i))
-                .is_none_or(|i| !i.sandbox.is_empty())
-        })
-        .map(|ip| ip.address)
-        .collect()
+/// The container addresses the mappings forward to: the first IPv4 and the first IPv6 address
+/// of the container's interface `ifname` (addresses of host-side interfaces are skipped), as the
+/// reference picks them.
+fn container_ips(prev: &CniResult, ifname: &str) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for ip in &prev.ips {
+        let on_container = ip
+            .interface
+            .and_then(|i| prev.interfaces.get(i))
+            .is_none_or(|i| i.name == ifname && !i.sandbox.is_empty());
+        let v6 = ip.address.addr().is_ipv6();
+        if on_container && !out.iter().any(|a| a.addr().is_ipv6() == v6) {
+            out.push(ip.address);
+        }
+    }
+    out
+}
+
+impl Parsed {
+    fn ipt_entries(&self) -> Vec<portmap_ipt::Entry> {
+        self.mappings
+            .iter()
+            .map(|m| portmap_ipt::Entry {
+                host_port: m.host_port,
+                container_port: m.container_port,
+                proto: m.proto,
+                host_ip: m.host_ip,
+            })
+            .collect()
+    }
+
+    fn ipt_spec<'a>(
+        &'a self,
+        network: &'a str,
+        container_id: &'a str,
+        entries: &'a [portmap_ipt::Entry],
+    ) -> portmap_ipt::Spec<'a> {
+        portmap_ipt::Spec {
+            network,
+            container_id,
+            snat: self.snat,
+            masq_all: self.masq_all,
+            mark: self.mark,
+            set_mark_chain: self
+                .external_set_mark_chain
+                .as_deref()
+                .unwrap_or(portmap_ipt::SETMARK_CHAIN),
+            conditions_v4: &self.conditions_v4,
+            conditions_v6: &self.conditions_v6,
+            entries,
+        }
+    }
 }
 
 fn add_script(p: &Parsed, ips: &[IpNet], tag: &str) -> String {
@@ -288,53 +364,27 @@ fn enable_localnet(ips: &[IpNet]) -> Result<()> {
     Ok(())
 }
 
-/// Removes what the reference portmap's iptables backend made for this container (its
-/// `CNI-DN-<sha512(name+id)>` chain and the jumps to it from `CNI-HOSTPORT-DNAT`), so a pod
-/// mapped by the reference is unmapped by our DEL too.
-fn remove_reference_rules(v6: bool, network: &str, container_id: &str) -> Result<()> {
-    let bin = if v6 { "ip6tables" } else { "iptables" };
-    let ipt = |args: &[&str]| {
-        std::process::Command::new(bin)
-            .arg("-w")
-            .args(["-t", "nat"])
-            .args(args)
-            .output()
-    };
-    let list = match ipt(&["-L", "CNI-HOSTPORT-DNAT", "-n", "--line-numbers"]) {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        // No reference chain (or no iptables at all): nothing of the reference's to remove.
-        _ => return Ok(()),
-    };
-    let chain = crate::ipmasq::chain_name_with_prefix("DN-", network, container_id);
-    let mut numbers: Vec<u32> = list
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let n = f.next()?.parse().ok()?;
-            (f.next()? == chain).then_some(n)
-        })
-        .collect();
-    numbers.sort_unstable_by(|a, b| b.cmp(a));
-    for n in numbers {
-        let out = ipt(&["-D", "CNI-HOSTPORT-DNAT", &n.to_string()])
-            .map_err(|e| CniError::io(format!("failed to run {bin}"), e))?;
-        if !out.status.success() {
-            return Err(CniError::plugin(format!(
-                "{bin}: failed to delete jump to {chain}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-    }
-    let _ = ipt(&["-F", &chain]);
-    let _ = ipt(&["-X", &chain]);
-    Ok(())
-}
-
 pub struct Portmap;
 
 impl Plugin for Portmap {
     fn validate(&self, conf: &Value) -> Result<()> {
         parse(conf).map(|_| ())
+    }
+
+    /// Not available (code 50) when the backend's tool is missing: no ADD could map a port.
+    fn status(&self, _args: &Args, conf: &Value) -> Result<()> {
+        let p = parse(conf)?;
+        let (tool, found) = match p.backend {
+            Backend::Iptables => ("iptables", ipt::available()),
+            Backend::Nftables => ("nft", ipt::on_path("nft")),
+        };
+        if !found {
+            return Err(CniError::new(
+                Code::PluginNotAvailable,
+                format!("portmap: {tool} is not installed"),
+            ));
+        }
+        Ok(())
     }
 
     fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
@@ -344,48 +394,87 @@ impl Plugin for Portmap {
         if p.mappings.is_empty() {
             return Ok(prev);
         }
-        let ips = container_ips(&prev);
-        let tag = tag(conf, args);
-        // An ADD repeated for the same attachment replaces its rules.
-        nft::delete_tagged("inet", TABLE, &tag)?;
-        nft::run(&add_script(&p, &ips, &tag))?;
-        if p.snat
-            && let Err(e) = enable_localnet(&ips)
-        {
-            let _ = nft::delete_tagged("inet", TABLE, &tag);
-            return Err(e);
+        let ips = container_ips(&prev, &args.ifname);
+        if ips.is_empty() {
+            return Ok(prev);
+        }
+        let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+        if p.snat {
+            enable_localnet(&ips)?;
+        }
+        match p.backend {
+            Backend::Iptables => {
+                let entries = p.ipt_entries();
+                let spec = p.ipt_spec(name, &args.container_id, &entries);
+                if let Err(e) = portmap_ipt::add(&spec, &ips) {
+                    let v6 = ips.iter().any(|a| a.addr().is_ipv6());
+                    let v4 = ips.iter().any(|a| a.addr().is_ipv4());
+                    let _ = portmap_ipt::del(name, &args.container_id, v4, v6);
+                    return Err(e);
+                }
+            }
+            Backend::Nftables => {
+                let tag = tag(conf, args);
+                // An ADD repeated for the same attachment replaces its rules.
+                nft::delete_tagged("inet", TABLE, &tag)?;
+                nft::run(&add_script(&p, &ips, &tag))?;
+            }
         }
         Ok(prev)
     }
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
-        parse(conf)?;
-        nft::delete_tagged("inet", TABLE, &tag(conf, args))?;
-        let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
-        for v6 in [false, true] {
-            remove_reference_rules(v6, name, &args.container_id)?;
+        let p = parse(conf)?;
+        // As the reference: without mappings there is nothing to unmap.
+        if p.mappings.is_empty() {
+            return Ok(());
         }
+        let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+        // Both backends are cleaned: an ADD may have used the other one (another config, another
+        // implementation).
+        // The families of the container's addresses when prevResult tells them, else both.
+        let ips = types::prev_result(conf)
+            .ok()
+            .flatten()
+            .map(|prev| container_ips(&prev, &args.ifname))
+            .unwrap_or_default();
+        let v6 = ips.is_empty() || ips.iter().any(|a| a.addr().is_ipv6());
+        let v4 = ips.is_empty() || ips.iter().any(|a| a.addr().is_ipv4());
+        let usable = portmap_ipt::del(name, &args.container_id, v4, v6)?;
+        if !usable && p.backend == Backend::Iptables {
+            return Err(CniError::plugin("neither iptables nor ip6tables usable"));
+        }
+        nft::delete_tagged("inet", TABLE, &tag(conf, args))?;
         Ok(())
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
         let p = parse(conf)?;
         let prev = types::prev_result(conf)?
-            .ok_or_else(|| CniError::config("must be called as chained plugin"))?;
+            .ok_or_else(|| CniError::config("Required prevResult missing"))?;
         if p.mappings.is_empty() {
             return Ok(());
         }
-        let ips = container_ips(&prev);
-        let want = add_script(&p, &ips, "x")
-            .lines()
-            .filter(|l| l.contains("comment"))
-            .count();
-        let have = nft::tagged_rules("inet", TABLE, &tag(conf, args))?.len();
-        if have != want {
-            return Err(CniError::plugin(format!(
-                "portmap: expected {want} rules for this container, found {have}"
-            )));
+        let ips = container_ips(&prev, &args.ifname);
+        match p.backend {
+            Backend::Iptables => {
+                let name = conf.get("name").and_then(Value::as_str).unwrap_or_default();
+                let entries = p.ipt_entries();
+                portmap_ipt::check(&p.ipt_spec(name, &args.container_id, &entries), &ips)
+            }
+            Backend::Nftables => {
+                let want = add_script(&p, &ips, "x")
+                    .lines()
+                    .filter(|l| l.contains("comment"))
+                    .count();
+                let have = nft::tagged_rules("inet", TABLE, &tag(conf, args))?.len();
+                if have != want {
+                    return Err(CniError::plugin(format!(
+                        "portmap: expected {want} rules for this container, found {have}"
+                    )));
+                }
+                Ok(())
+            }
         }
-        Ok(())
     }
 }

@@ -456,3 +456,100 @@ fn macspoofchk_drops_foreign_source_macs_like_the_reference() {
         }
     }
 }
+
+#[test]
+fn ip_masq_nftables_backend_masquerades_and_cleans_up() {
+    let o = ours();
+    let net = TestNet::new("masqnft").unwrap();
+    let client = cni::Client::attach(&net.host).unwrap();
+    let c = Netns::new("cmasqnft").unwrap();
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["ipMasq"] = json!(true);
+    conf["ipMasqBackend"] = json!("nftables");
+    let inv = Invocation::new("ADD", "c-masqnft", &c, "eth0");
+    let res = invoke(&o, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let table = || {
+        let out = net
+            .host
+            .exec(&["nft", "list", "table", "inet", "cni_plugins_masquerade"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ip = res["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let rules = table();
+    assert!(
+        rules.contains(&format!("ip saddr {ip} ip daddr != {}", net.subnet())),
+        "{rules}"
+    );
+    assert!(rules.contains(", net: "), "{rules}");
+    assert_eq!(nat_rules(&net), Vec::<String>::new(), "no iptables rules");
+    let client_ip = client.host_ip.trim_end_matches(".1").to_string() + ".2";
+    assert!(cni::ping(&c, &client_ip).unwrap(), "masquerade");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = res;
+    invoke(
+        &o,
+        "bridge",
+        &net.host,
+        &inv.with_command("DEL"),
+        &with_prev,
+    )
+    .unwrap()
+    .ok();
+    assert!(!table().contains(&ip), "{}", table());
+    assert!(!cni::ping(&c, &client_ip).unwrap_or(false));
+}
+
+#[test]
+fn requested_mac_is_set_like_the_reference() {
+    let mac = "02:42:0a:0b:0c:0d";
+    for p in [ours(), Plugins::reference()] {
+        for how in ["runtimeConfig", "args", "CNI_ARGS"] {
+            let net = TestNet::new("mac").unwrap();
+            let c = Netns::new("cmac").unwrap();
+            let mut conf = net.bridge_conf("1.0.0");
+            let mut inv = Invocation::new("ADD", "c-mac", &c, "eth0");
+            match how {
+                "runtimeConfig" => conf["runtimeConfig"] = json!({"mac": mac}),
+                "args" => conf["args"] = json!({"cni": {"mac": mac}}),
+                // The reference refuses unknown CNI_ARGS keys without IgnoreUnknown.
+                _ => inv.args = Some(format!("IgnoreUnknown=1;MAC={mac}")),
+            }
+            let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+                .unwrap()
+                .ok()
+                .json();
+            assert_eq!(res["interfaces"][2]["mac"], json!(mac), "{} {how}", p.label);
+            let link = cni::ip_json(&c, &["link", "show", "eth0"]).unwrap();
+            assert_eq!(link[0]["address"], json!(mac), "{} {how}", p.label);
+            invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &conf)
+                .unwrap()
+                .ok();
+        }
+    }
+    // A malformed MAC is refused before anything is made.
+    let net = TestNet::new("macbad").unwrap();
+    let c = Netns::new("cmacbad").unwrap();
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["runtimeConfig"] = json!({"mac": "02:42:zz:0b:0c:0d"});
+    let out = invoke(
+        &ours(),
+        "bridge",
+        &net.host,
+        &Invocation::new("ADD", "c-mb", &c, "eth0"),
+        &conf,
+    )
+    .unwrap();
+    assert_eq!(out.code(), Some(7), "{}", out.stdout);
+    assert!(net.allocated_ips().is_empty());
+    assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
+}

@@ -41,6 +41,11 @@ struct Pod {
 }
 
 fn pod(p: &Plugins, net: &TestNet, id: &str, host_port: u16) -> Pod {
+    pod_with(p, net, id, host_port, None)
+}
+
+/// A pod with an HTTP server on port 80 mapped from `host_port`, with portmap's `backend`.
+fn pod_with(p: &Plugins, net: &TestNet, id: &str, host_port: u16, backend: Option<&str>) -> Pod {
     let ns = Netns::new("cpm").unwrap();
     let bridge_conf = net.bridge_conf("1.0.0");
     let inv = Invocation::new("ADD", id, &ns, "eth0");
@@ -48,11 +53,14 @@ fn pod(p: &Plugins, net: &TestNet, id: &str, host_port: u16) -> Pod {
         .unwrap()
         .ok()
         .json();
-    let pm_conf = portmap_conf(
+    let mut pm_conf = portmap_conf(
         net,
         &prev,
         json!([{"hostPort": host_port, "containerPort": 80, "protocol": "tcp"}]),
     );
+    if let Some(b) = backend {
+        pm_conf["backend"] = json!(b);
+    }
     let out = invoke(p, "portmap", &net.host, &inv, &pm_conf)
         .unwrap()
         .ok();
@@ -79,11 +87,15 @@ fn del(p: &Plugins, net: &TestNet, pod: &Pod) {
 
 #[test]
 fn host_port_is_reachable_like_with_the_reference() {
-    for p in [ours(), Plugins::reference()] {
+    for (p, backend) in [
+        (ours(), None),
+        (ours(), Some("nftables")),
+        (Plugins::reference(), None),
+    ] {
         let net = TestNet::new(&format!("pm{}", p.label)).unwrap();
         let client = Client::attach(&net.host).unwrap();
         let before = ruleset(&net);
-        let pod = pod(&p, &net, "c-pm", 8080);
+        let pod = pod_with(&p, &net, "c-pm", 8080, backend);
         let body = pod._server.body.clone();
         let from = |ns: &Netns, ip: &str| cni::fetch(ns, &format!("http://{ip}:8080/"));
         assert_eq!(
@@ -125,12 +137,9 @@ fn host_port_is_reachable_like_with_the_reference() {
             p.label
         );
         let after = ruleset(&net);
-        if p.label == "keelson" {
-            assert!(!after.contains("portmap"), "{after}");
-            assert!(!before.contains("keelson_hostport"));
-        } else {
-            assert!(!after.contains("CNI-DN-"), "{after}");
-        }
+        assert!(!after.contains("CNI-DN-"), "{after}");
+        assert!(!after.contains("comment \"portmap"), "{after}");
+        assert!(!before.contains("keelson_hostport"));
     }
 }
 
@@ -263,7 +272,33 @@ fn bad_portmap_configs_change_nothing() {
         (
             {
                 let mut c = portmap_conf(&net, &prev, good.clone());
-                c["backend"] = json!("iptables");
+                c["backend"] = json!("ipchains");
+                c
+            },
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["externalSetMarkChain"] = json!("KT-MARK");
+                c["markMasqBit"] = json!(5);
+                c
+            },
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["externalSetMarkChain"] = json!("KT-MARK");
+                c["backend"] = json!("nftables");
+                c
+            },
+            7,
+        ),
+        (
+            {
+                let mut c = portmap_conf(&net, &prev, good.clone());
+                c["conditionsV4"] = json!(["-s", "10.0.0.1\n-A OUTPUT -j DROP"]);
                 c
             },
             7,
@@ -273,12 +308,20 @@ fn bad_portmap_configs_change_nothing() {
         let out = invoke(&p, "portmap", &net.host, &inv, &conf).unwrap();
         assert!(!out.success, "accepted {conf}");
         assert_eq!(out.code(), Some(code), "{conf}: {}", out.stdout);
-        assert!(!ruleset(&net).contains("keelson_hostport"), "{conf}");
+        let rules = ruleset(&net);
+        assert!(!rules.contains("keelson_hostport"), "{conf}");
+        assert!(!rules.contains("CNI-"), "{conf}: {rules}");
     }
 }
 
 #[test]
 fn ipv6_host_port_is_reachable() {
+    for backend in ["iptables", "nftables"] {
+        ipv6_host_port(backend);
+    }
+}
+
+fn ipv6_host_port(backend: &str) {
     let p = ours();
     let net = TestNet::new("pm6").unwrap();
     let ns = Netns::new("cpm6").unwrap();
@@ -291,11 +334,12 @@ fn ipv6_host_port_is_reachable() {
         .unwrap()
         .ok()
         .json();
-    let conf = portmap_conf(
+    let mut conf = portmap_conf(
         &net,
         &prev,
         json!([{"hostPort": 8086, "containerPort": 80, "protocol": "tcp"}]),
     );
+    conf["backend"] = json!(backend);
     invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
     let server = HttpServer::start(&ns, 80).unwrap();
     // The bridge's IPv6 gateway address is usable once duplicate address detection is done.
@@ -312,12 +356,18 @@ fn ipv6_host_port_is_reachable() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let url = format!("http://[{v6}::1]:8086/");
-    assert_eq!(cni::fetch(&net.host, &url), Some(server.body.clone()));
+    assert_eq!(
+        cni::fetch(&net.host, &url),
+        Some(server.body.clone()),
+        "{backend}"
+    );
     let inv = inv.with_command("CHECK");
     invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
     let del = inv.with_command("DEL");
     invoke(&p, "portmap", &net.host, &del, &conf).unwrap().ok();
-    assert_eq!(cni::fetch(&net.host, &url), None);
+    assert_eq!(cni::fetch(&net.host, &url), None, "{backend}");
+    let out = net.host.exec(&["ip6tables-save", "-t", "nat"]).unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("CNI-DN-"));
     invoke(&p, "bridge", &net.host, &del, &bconf).unwrap().ok();
 }
 
@@ -335,4 +385,126 @@ fn our_del_unmaps_a_reference_add() {
     let after = ruleset(&net);
     assert!(!after.contains("CNI-DN-"), "{after}");
     assert!(net.allocated_ips().is_empty());
+}
+
+/// `iptables-save -t nat` of the test host: chain declarations (without counters) and rules,
+/// sorted.
+fn nat_lines(net: &TestNet) -> Vec<String> {
+    let out = net.host.exec(&["iptables-save", "-t", "nat"]).unwrap();
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            if l.starts_with("-A ") {
+                Some(l.to_string())
+            } else {
+                l.strip_prefix(':')
+                    .and_then(|c| c.split(' ').next())
+                    .map(|c| format!(":{c}"))
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn iptables_rules_match_the_reference_and_mix() {
+    let (o, r) = (ours(), Plugins::reference());
+    let net = TestNet::new("pmipt").unwrap();
+    let ns = Netns::new("cpmipt").unwrap();
+    let bconf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", "c-pmipt", &ns, "eth0");
+    let prev = invoke(&o, "bridge", &net.host, &inv, &bconf)
+        .unwrap()
+        .ok()
+        .json();
+    let conf = portmap_conf(
+        &net,
+        &prev,
+        json!([
+            {"hostPort": 8091, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8092, "containerPort": 81, "protocol": "tcp"},
+            {"hostPort": 8093, "containerPort": 53, "protocol": "udp"},
+            {"hostPort": 8094, "containerPort": 82, "protocol": "tcp", "hostIP": "10.77.0.1"},
+        ]),
+    );
+    let del = inv.with_command("DEL");
+    let mut layouts = Vec::new();
+    for (adder, deleter) in [(&o, &r), (&r, &o), (&o, &o)] {
+        let what = format!("ADD {} DEL {}", adder.label, deleter.label);
+        invoke(adder, "portmap", &net.host, &inv, &conf)
+            .unwrap()
+            .ok();
+        let rules = nat_lines(&net);
+        assert!(
+            rules.iter().any(|l| l.contains("-j CNI-HOSTPORT-SETMARK")),
+            "{what}: {rules:?}"
+        );
+        // Our CHECK accepts the rules of either implementation.
+        invoke(&o, "portmap", &net.host, &inv.with_command("CHECK"), &conf)
+            .unwrap()
+            .ok();
+        layouts.push(rules);
+        invoke(deleter, "portmap", &net.host, &del, &conf)
+            .unwrap()
+            .ok();
+        let after = nat_lines(&net);
+        assert!(
+            !after.iter().any(|l| l.contains("CNI-DN-")),
+            "{what}: {after:?}"
+        );
+        // What stays is the shared top-level chains, as the reference leaves them.
+        let builtin = [":INPUT", ":OUTPUT", ":POSTROUTING", ":PREROUTING"];
+        assert!(
+            after
+                .iter()
+                .all(|l| l.contains("CNI-HOSTPORT-") || builtin.contains(&l.as_str())),
+            "{what}: {after:?}"
+        );
+        let out = invoke(&o, "portmap", &net.host, &inv.with_command("CHECK"), &conf).unwrap();
+        assert!(!out.success, "{what}: CHECK passed after DEL");
+    }
+    assert_eq!(layouts[0], layouts[1], "same rules as the reference");
+    assert_eq!(layouts[0], layouts[2]);
+    invoke(&o, "bridge", &net.host, &del, &bconf).unwrap().ok();
+}
+
+#[test]
+fn external_set_mark_chain_like_the_reference() {
+    let mut layouts = Vec::new();
+    for p in [ours(), Plugins::reference()] {
+        let net = TestNet::new("pmext").unwrap();
+        let out = net
+            .host
+            .exec(&["iptables", "-t", "nat", "-N", "KT-MARK"])
+            .unwrap();
+        assert!(out.status.success());
+        let ns = Netns::new("cpmext").unwrap();
+        let inv = Invocation::new("ADD", "c-pmext", &ns, "eth0");
+        let prev = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": ns.path()}],
+            "ips": [{"interface": 0, "address": "10.211.0.2/24"}],
+        });
+        let mut conf = portmap_conf(
+            &net,
+            &prev,
+            json!([{"hostPort": 8095, "containerPort": 80, "protocol": "tcp"}]),
+        );
+        conf["name"] = json!("kt-pmext");
+        conf["externalSetMarkChain"] = json!("KT-MARK");
+        invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+        let rules = nat_lines(&net);
+        assert!(rules.iter().any(|l| l.ends_with("-j KT-MARK")), "{rules:?}");
+        assert!(
+            !rules.iter().any(|l| l.contains("CNI-HOSTPORT-SETMARK")),
+            "{rules:?}"
+        );
+        layouts.push(rules);
+        invoke(&p, "portmap", &net.host, &inv.with_command("DEL"), &conf)
+            .unwrap()
+            .ok();
+        assert!(!nat_lines(&net).iter().any(|l| l.contains("CNI-DN-")));
+    }
+    assert_eq!(layouts[0], layouts[1]);
 }

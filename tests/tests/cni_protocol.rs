@@ -475,3 +475,160 @@ fn requested_ips_are_assigned_or_refused() {
         vec![format!("{}.77", net.prefix), format!("{}.88", net.prefix)]
     );
 }
+
+#[test]
+fn check_verifies_mtu_hairpin_promisc_and_sysctls() {
+    let p = ours();
+    let net = TestNet::new("chk").unwrap();
+    let c = Netns::new("cchk").unwrap();
+    let mut conf = net.bridge_conf("1.0.0");
+    conf["mtu"] = json!(1400);
+    conf["hairpinMode"] = json!(true);
+    conf["promiscMode"] = json!(true);
+    let inv = Invocation::new("ADD", "c-chk", &c, "eth0");
+    let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let veth = res["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let mut chk = conf.clone();
+    chk["prevResult"] = res;
+    let check = || invoke(&p, "bridge", &net.host, &inv.with_command("CHECK"), &chk).unwrap();
+    check().ok();
+    let run = |ns: &Netns, args: &[&str]| {
+        let out = ns.exec(args).unwrap();
+        assert!(out.status.success(), "{args:?}");
+    };
+    let arp = "/proc/sys/net/ipv4/conf/eth0/arp_notify";
+    let breakages: Vec<(&str, Vec<&str>, Vec<&str>, &Netns)> = vec![
+        (
+            "MTU",
+            vec!["ip", "link", "set", "eth0", "mtu", "1300"],
+            vec!["ip", "link", "set", "eth0", "mtu", "1400"],
+            &c,
+        ),
+        (
+            "hairpin",
+            vec![
+                "ip",
+                "link",
+                "set",
+                &veth,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "off",
+            ],
+            vec![
+                "ip",
+                "link",
+                "set",
+                &veth,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ],
+            &net.host,
+        ),
+        (
+            "promisc",
+            vec!["ip", "link", "set", &net.bridge, "promisc", "off"],
+            vec!["ip", "link", "set", &net.bridge, "promisc", "on"],
+            &net.host,
+        ),
+    ];
+    for (what, breaks, repairs, ns) in breakages {
+        run(ns, &breaks);
+        let out = check();
+        assert!(!out.success, "CHECK passed with a wrong {what}");
+        assert!(
+            out.stdout.to_lowercase().contains(&what.to_lowercase()),
+            "{what}: {}",
+            out.stdout
+        );
+        run(ns, &repairs);
+        check().ok();
+    }
+    run(&c, &["sh", "-c", &format!("echo 0 > {arp}")]);
+    let out = check();
+    assert!(
+        !out.success && out.stdout.contains("arp_notify"),
+        "{}",
+        out.stdout
+    );
+    run(&c, &["sh", "-c", &format!("echo 1 > {arp}")]);
+    check().ok();
+
+    // A vanished container netns is an unknown container (code 3), for bridge and loopback.
+    let mut gone = inv.with_command("CHECK");
+    gone.netns = Some(format!("/run/netns/{}", unique::name("gone", "x")));
+    let out = invoke(&p, "bridge", &net.host, &gone, &chk).unwrap();
+    assert_eq!(out.code(), Some(3), "{}", out.stdout);
+    let lo = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    let out = invoke(&p, "loopback", &net.host, &gone, &lo).unwrap();
+    assert_eq!(out.code(), Some(3), "{}", out.stdout);
+    // host-local knows no allocation of another container: code 3 too.
+    let other = Invocation::new("CHECK", "c-other", &c, "eth0");
+    let out = invoke(&p, "host-local", &net.host, &other, &chk).unwrap();
+    assert_eq!(out.code(), Some(3), "{}", out.stdout);
+
+    invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+}
+
+#[test]
+fn locked_store_is_try_again_later() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = ours();
+    let net = TestNet::new("lock").unwrap();
+    let c = Netns::new("clock").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    let dir = net.data_dir.path().join(&net.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("lock"))
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let mut inv = Invocation::new("ADD", "c-lock", &c, "eth0");
+    inv.env = vec![("KEELSON_CNI_LOCK_TIMEOUT_MS".into(), "300".into())];
+    let out = invoke(&p, "host-local", &net.host, &inv, &conf).unwrap();
+    assert_eq!(out.code(), Some(11), "{}", out.stdout);
+    // Through bridge too, which undoes its links.
+    let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
+    assert_eq!(out.code(), Some(11), "{}", out.stdout);
+    assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
+    drop(lock);
+    invoke(&p, "bridge", &net.host, &inv, &conf).unwrap().ok();
+    assert_eq!(net.allocated_ips().len(), 1);
+    invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+    assert!(net.allocated_ips().is_empty());
+}
+
+#[test]
+fn status_of_an_unusable_store_is_50() {
+    let p = ours();
+    let net = TestNet::new("st50").unwrap();
+    let file = net.data_dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let mut conf = net.bridge_conf("1.1.0");
+    conf["ipam"]["dataDir"] = json!(file);
+    let st = Invocation {
+        command: "STATUS".into(),
+        ..Default::default()
+    };
+    for plugin in ["host-local", "bridge"] {
+        let out = invoke(&p, plugin, &net.host, &st, &conf).unwrap();
+        assert_eq!(out.code(), Some(50), "{plugin}: {}", out.stdout);
+    }
+    let pm = json!({"cniVersion": "1.1.0", "name": net.name, "type": "portmap"});
+    invoke(&p, "portmap", &net.host, &st, &pm).unwrap().ok();
+}
