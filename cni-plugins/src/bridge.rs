@@ -620,6 +620,7 @@ impl Plugin for Bridge {
     }
 
     fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
+        args.refuse_unknown(&["MAC"])?;
         let c = parse(conf)?;
         unimplemented(&c)?;
         valid_ifname(&args.ifname, "interface")
@@ -668,6 +669,7 @@ impl Plugin for Bridge {
     }
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
+        args.refuse_unknown(&["MAC"])?;
         let c = parse(conf)?;
         // The interface's deletion (most of a DEL: the kernel's unregistering of a veth pair
         // waits for RCU) starts first; the IPAM plugin releases the addresses meanwhile.
@@ -685,6 +687,7 @@ impl Plugin for Bridge {
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
+        args.refuse_unknown(&["MAC"])?;
         let c = parse(conf)?;
         let prev = types::prev_result(conf)?
             .ok_or_else(|| CniError::config("Required prevResult missing"))?;

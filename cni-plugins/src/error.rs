@@ -17,6 +17,9 @@ pub enum Code {
     PluginNotAvailableLimited = 51,
     /// Plugin-specific failures (the spec reserves 100+ for plugins).
     Plugin = 100,
+    /// libcni's `ErrInternal`: what the reference's skel reports for a plain Go error (e.g.
+    /// unknown CNI_ARGS).
+    Internal = 999,
 }
 
 /// An error reported to the caller as the spec's JSON error object.

@@ -488,6 +488,7 @@ impl Plugin for HostLocal {
     }
 
     fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
+        args.refuse_unknown(&["IP"])?;
         let c = Config::parse(conf)?;
         let mut result = CniResult::default();
         if let Some(rc) = &c.resolv_conf {
@@ -545,6 +546,7 @@ impl Plugin for HostLocal {
     }
 
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
+        args.refuse_unknown(&["IP"])?;
         let c = Config::parse(conf)?;
         let store = Store::open(&c.data_dir, &c.name)?;
         store.release(&args.container_id, &args.ifname);
@@ -552,6 +554,7 @@ impl Plugin for HostLocal {
     }
 
     fn check(&self, args: &Args, conf: &Value) -> Result<()> {
+        args.refuse_unknown(&["IP"])?;
         let c = Config::parse(conf)?;
         let store = Store::open(&c.data_dir, &c.name)?;
         let found = store

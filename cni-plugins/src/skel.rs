@@ -55,6 +55,30 @@ pub struct Args {
 }
 
 impl Args {
+    /// The reference plugins' `types.LoadArgs`: `CNI_ARGS` keys other than `known` (and
+    /// `IgnoreUnknown`) are an error unless `IgnoreUnknown` is `1` or `true`.
+    pub fn refuse_unknown(&self, known: &[&str]) -> Result<()> {
+        if self
+            .arg("IgnoreUnknown")
+            .is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        {
+            return Ok(());
+        }
+        let unknown: Vec<String> = self
+            .args
+            .iter()
+            .filter(|(k, _)| k != "IgnoreUnknown" && !known.contains(&k.as_str()))
+            .map(|(k, v)| format!("{:?}", format!("{k}={v}")))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(CniError::new(
+            Code::Internal,
+            format!("ARGS: unknown args [{}]", unknown.join(" ")),
+        ))
+    }
+
     /// The value of `key` in `CNI_ARGS`.
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args

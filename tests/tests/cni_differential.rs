@@ -553,3 +553,44 @@ fn requested_mac_is_set_like_the_reference() {
     assert!(net.allocated_ips().is_empty());
     assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
 }
+
+/// Unknown CNI_ARGS keys: refused by bridge and host-local like the reference's
+/// `types.LoadArgs` (same code, same message) unless IgnoreUnknown is set; nothing is made.
+#[test]
+fn unknown_cni_args_are_refused_like_the_reference() {
+    let mut answers = Vec::new();
+    for p in [ours(), Plugins::reference()] {
+        let net = TestNet::new("uarg").unwrap();
+        let c = Netns::new("cuarg").unwrap();
+        let conf = net.bridge_conf("1.0.0");
+        let mut inv = Invocation::new("ADD", "c-uarg", &c, "eth0");
+        inv.args = Some("K8S_POD_NAME=web;FOO=1".into());
+        let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
+        assert!(!out.success, "{} {}", p.label, out.stdout);
+        answers.push((out.code(), out.json()["msg"].clone()));
+        assert!(net.allocated_ips().is_empty(), "{}", p.label);
+        assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
+        // host-local alone: IP is its only key.
+        let ipam = json!({
+            "cniVersion": "1.0.0",
+            "name": conf["name"],
+            "ipam": conf["ipam"],
+        });
+        let out = invoke(&p, "host-local", &net.host, &inv, &ipam).unwrap();
+        assert!(!out.success, "{} {}", p.label, out.stdout);
+        answers.push((out.code(), out.json()["msg"].clone()));
+        // IgnoreUnknown=1 (what containerd, CRI-O, podman and keelsond send): accepted.
+        inv.args = Some("IgnoreUnknown=1;K8S_POD_NAME=web;FOO=1".into());
+        invoke(&p, "bridge", &net.host, &inv, &conf).unwrap().ok();
+        invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &conf)
+            .unwrap()
+            .ok();
+    }
+    assert_eq!(answers[0], answers[2], "bridge: ours vs reference");
+    assert_eq!(answers[1], answers[3], "host-local: ours vs reference");
+    assert_eq!(answers[0].0, Some(999));
+    assert_eq!(
+        answers[0].1,
+        json!("ARGS: unknown args [\"K8S_POD_NAME=web\" \"FOO=1\"]")
+    );
+}

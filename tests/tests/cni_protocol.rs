@@ -445,7 +445,7 @@ fn requested_ips_are_assigned_or_refused() {
     );
     // A taken address, and one outside every range, are refused and leave nothing.
     let mut inv = Invocation::new("ADD", "c-r3", &c3, "eth0");
-    inv.args = Some(format!("IP={}.77", net.prefix));
+    inv.args = Some(format!("IgnoreUnknown=1;IP={}.77", net.prefix));
     let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
     assert!(!out.success, "{}", out.stdout);
     assert!(
@@ -456,7 +456,7 @@ fn requested_ips_are_assigned_or_refused() {
         "{}",
         out.stdout
     );
-    inv.args = Some("IP=192.0.2.9".into());
+    inv.args = Some("IgnoreUnknown=1;IP=192.0.2.9".into());
     let out = invoke(&p, "bridge", &net.host, &inv, &conf).unwrap();
     assert!(!out.success, "{}", out.stdout);
     assert!(
