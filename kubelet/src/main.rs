@@ -130,7 +130,23 @@ fn init_logging(flags: &config::Flags) {
     }
 }
 
+/// glibc gives every thread that allocates its own malloc arena; with tokio's worker and
+/// blocking threads that left the kubelet at ~38 MiB RSS with 100 pods (27 MiB with two
+/// arenas). Two arenas, set before any thread starts, as `MALLOC_ARENA_MAX=2` would.
+#[cfg(target_env = "gnu")]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator tuning; it is called once, before any other
+    // thread exists, with a valid parameter and value.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}
+
 fn main() {
+    limit_malloc_arenas();
     std::sync::LazyLock::force(&STARTED);
     let flags = config::Flags::parse();
     let cfg = match config::Config::load(&flags) {
