@@ -259,6 +259,15 @@ pub fn clean_entry_path(raw: &[u8]) -> std::result::Result<PathBuf, &'static str
 }
 
 impl Unpacker {
+    /// The directory of lower layer `i` (as `lookup` found it).
+    fn lower_dir(&self, i: usize, entry: &Path) -> Result<&Path> {
+        self.lowers
+            .as_deref()
+            .and_then(|l| l.get(i))
+            .map(PathBuf::as_path)
+            .ok_or_else(|| self.hostile(entry, format!("lower layer {i} is not known")))
+    }
+
     fn hostile(&self, entry: &Path, reason: impl Into<String>) -> Error {
         Error::HostileLayer {
             layer: self.layer.clone(),
@@ -328,7 +337,7 @@ impl Unpacker {
                     }
                     let root = match layer {
                         None => &self.dest,
-                        Some(i) => &self.lowers.as_ref().expect("found in a lower")[i],
+                        Some(i) => self.lower_dir(i, entry)?,
                     };
                     let link = root.join(&cand);
                     let target = fs::read_link(&link).map_err(io_err("readlink", &link))?;
@@ -416,7 +425,7 @@ impl Unpacker {
     /// Copies a lower layer's file, symlink or special file at `rel` into this layer (where
     /// `rel`'s parents already are), so that it can be hard linked.
     fn copy_up(&mut self, lower: usize, rel: &Path, m: &fs::Metadata, entry: &Path) -> Result<()> {
-        let src = self.lowers.as_ref().expect("found in a lower")[lower].join(rel);
+        let src = self.lower_dir(lower, entry)?.join(rel);
         let dst = self.dest.join(rel);
         let ft = m.file_type();
         if ft.is_file() {
