@@ -612,13 +612,19 @@ fn create_does_not_run_the_process_until_start() {
     assert!(!marker.exists(), "the process ran before start");
     let out = rt.start(guard.id()).expect("start");
     assert!(out.success(), "{out}");
+    // The shell creates the file before `echo` writes to it: wait for the content, not the name.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !marker.exists() && Instant::now() < deadline {
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        seen = fs::read_to_string(&marker).unwrap_or_default();
+        if seen == "started\n" {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
-        fs::read_to_string(&marker).expect("marker after start"),
-        "started\n"
+        seen, "started\n",
+        "the process did not write its marker after start"
     );
 }
 
