@@ -81,6 +81,8 @@ pub struct Container {
     pub restart_count: i32,
     pub log_path: String,
     pub annotations: HashMap<String, String>,
+    /// The identity the runtime reports the process runs with.
+    pub user: Option<pb::ContainerUser>,
 }
 
 /// Everything that runs for one pod: sandboxes newest first, containers newest first.
@@ -235,6 +237,7 @@ impl Cri {
                     .unwrap_or(0),
                 log_path: st.log_path.clone(),
                 annotations: st.annotations.clone(),
+                user: st.user.clone(),
             });
         }
         out.containers

@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::cri::*;
 use crate::quantity;
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodSpec};
 use keelson_proto::runtime::v1 as pb;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -299,7 +299,8 @@ pub fn sandbox_config(cfg: &Config, pod: &Pod, attempt: u32) -> pb::PodSandboxCo
                 namespace_options: Some(namespace_options(pod)),
                 run_as_user: psc.run_as_user.map(|v| pb::Int64Value { value: v }),
                 run_as_group: psc.run_as_group.map(|v| pb::Int64Value { value: v }),
-                supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+                supplemental_groups: supplemental_groups(&psc),
+                supplemental_groups_policy: supplemental_groups_policy(&psc),
                 privileged,
                 seccomp: seccomp(psc.seccomp_profile.as_ref()),
                 ..Default::default()
@@ -308,6 +309,23 @@ pub fn sandbox_config(cfg: &Config, pod: &Pod, attempt: u32) -> pb::PodSandboxCo
             ..Default::default()
         }),
         windows: None,
+    }
+}
+
+/// The groups every process of the pod gets besides its own, as upstream orders them: the
+/// `fsGroup` first, then `supplementalGroups`.
+fn supplemental_groups(psc: &PodSecurityContext) -> Vec<i64> {
+    psc.fs_group
+        .into_iter()
+        .chain(psc.supplemental_groups.iter().flatten().copied())
+        .collect()
+}
+
+/// `supplementalGroupsPolicy` as the CRI's enum (validation refuses other values before).
+fn supplemental_groups_policy(psc: &PodSecurityContext) -> i32 {
+    match psc.supplemental_groups_policy.as_deref() {
+        Some("Strict") => pb::SupplementalGroupsPolicy::Strict as i32,
+        _ => pb::SupplementalGroupsPolicy::Merge as i32,
     }
 }
 
@@ -534,7 +552,8 @@ fn security_context(pod: &Pod, c: &Container) -> pb::LinuxContainerSecurityConte
             .or(psc.run_as_group)
             .map(|v| pb::Int64Value { value: v }),
         readonly_rootfs: sc.read_only_root_filesystem.unwrap_or(false),
-        supplemental_groups: psc.supplemental_groups.clone().unwrap_or_default(),
+        supplemental_groups: supplemental_groups(&psc),
+        supplemental_groups_policy: supplemental_groups_policy(&psc),
         no_new_privs: sc.allow_privilege_escalation == Some(false),
         seccomp: seccomp(sc.seccomp_profile.as_ref().or(psc.seccomp_profile.as_ref())),
         ..Default::default()

@@ -7,7 +7,8 @@ use crate::lifecycle::is_sidecar;
 use crate::podconfig::{qos_class, spec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
-    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
+    ContainerStateWaiting, ContainerStatus, ContainerUser, HostIP, LinuxContainerUser, Pod,
+    PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -122,6 +123,14 @@ fn container_statuses(
             if let Some(l) = latest {
                 st.container_id = Some(cid(l));
                 st.image_id = l.image_ref.clone();
+                st.user = l.user.as_ref().map(|u| ContainerUser {
+                    linux: u.linux.as_ref().map(|l| LinuxContainerUser {
+                        uid: l.uid,
+                        gid: l.gid,
+                        supplemental_groups: Some(l.supplemental_groups.clone())
+                            .filter(|g| !g.is_empty()),
+                    }),
+                });
                 st.restart_count = l.restart_count;
                 st.started = Some(false);
                 match l.state {

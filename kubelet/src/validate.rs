@@ -89,6 +89,31 @@ pub fn pod(pod: &Pod) -> Result<(), String> {
                 .into(),
         );
     }
+    if let Some(psc) = &spec.security_context {
+        match psc.supplemental_groups_policy.as_deref() {
+            None | Some("Merge" | "Strict") => {}
+            Some(other) => {
+                return Err(format!(
+                    "spec.securityContext.supplementalGroupsPolicy: Unsupported value: {other:?}: supported values: \"Merge\", \"Strict\""
+                ));
+            }
+        }
+        match psc.fs_group_change_policy.as_deref() {
+            None | Some("OnRootMismatch" | "Always") => {}
+            Some(other) => {
+                return Err(format!(
+                    "spec.securityContext.fsGroupChangePolicy: Unsupported value: {other:?}: supported values: \"OnRootMismatch\", \"Always\""
+                ));
+            }
+        }
+        if let Some(g) = psc.fs_group
+            && !(0..=i64::from(i32::MAX)).contains(&g)
+        {
+            return Err(format!(
+                "spec.securityContext.fsGroup: Invalid value: {g}: must be between 0 and 2147483647, inclusive"
+            ));
+        }
+    }
     if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
         return Err("spec.terminationGracePeriodSeconds: must be non-negative".into());
     }
@@ -358,6 +383,33 @@ mod tests {
         );
         let e = load(&bad).expect_err("init restartPolicy");
         assert!(e.contains("restartPolicy: Unsupported value"), "{e}");
+    }
+
+    #[test]
+    fn pod_security_context_values_are_checked() {
+        let pod = |sc: &str| {
+            format!(
+                "kind: Pod\napiVersion: v1\nmetadata: {{name: a}}\nspec:\n  securityContext: {sc}\n  containers:\n  - {{name: c, image: i}}\n"
+            )
+        };
+        load(&pod(
+            "{fsGroup: 1234, supplementalGroupsPolicy: Strict, fsGroupChangePolicy: Always}",
+        ))
+        .expect("valid");
+        let e = load(&pod("{supplementalGroupsPolicy: Loose}")).expect_err("policy");
+        assert!(
+            e.contains(
+                "spec.securityContext.supplementalGroupsPolicy: Unsupported value: \"Loose\""
+            ),
+            "{e}"
+        );
+        let e = load(&pod("{fsGroupChangePolicy: Never}")).expect_err("change policy");
+        assert!(e.contains("fsGroupChangePolicy: Unsupported value"), "{e}");
+        let e = load(&pod("{fsGroup: -1}")).expect_err("negative");
+        assert!(
+            e.contains("spec.securityContext.fsGroup: Invalid value: -1"),
+            "{e}"
+        );
     }
 
     #[test]

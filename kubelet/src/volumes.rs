@@ -997,7 +997,7 @@ fn same_payload(ts_dir: &Path, payload: &Payload) -> bool {
 /// Upstream's AtomicWriter: the payload goes into a new `..<timestamp>.<n>` directory, the
 /// `..data` symlink is switched to it with a rename, the visible names are symlinks into
 /// `..data`, and the old directory goes. Readers see the old or the new set, never a mix.
-pub fn atomic_write(dir: &Path, payload: &Payload) -> io::Result<()> {
+pub fn atomic_write(dir: &Path, payload: &Payload) -> io::Result<bool> {
     for p in payload.keys() {
         if !valid_payload_path(p) {
             return Err(io::Error::other(format!("invalid path {p:?}")));
@@ -1008,7 +1008,7 @@ pub fn atomic_write(dir: &Path, payload: &Payload) -> io::Result<()> {
     if let Some(old) = &old
         && same_payload(&dir.join(old), payload)
     {
-        return Ok(());
+        return Ok(false);
     }
     let stamp = crate::now_ts().strftime("..%Y_%m_%d_%H_%M_%S.").to_string();
     let mut n = (crate::now_ns() as u64 % 1_000_000_000) as u32;
@@ -1059,7 +1059,58 @@ pub fn atomic_write(dir: &Path, payload: &Payload) -> io::Result<()> {
     {
         fs::remove_dir_all(dir.join(old))?;
     }
+    Ok(true)
+}
+
+/// The pod's `securityContext.fsGroup`.
+fn fs_group(pod: &Pod) -> Option<u32> {
+    let g = spec(pod).security_context.as_ref()?.fs_group?;
+    u32::try_from(g).ok()
+}
+
+/// Upstream's `SetVolumeOwnership` for the volumes the kubelet manages: every entry below `dir`
+/// (not following symlinks) gets the group `gid`; files get `rw` (read-only volumes: `r`) for
+/// owner and group added to their mode, directories also `x` and the setgid bit, so what the
+/// containers create there inherits the group. Symlinks only change group.
+fn set_volume_ownership(dir: &Path, gid: u32, read_only: bool) -> io::Result<()> {
+    let mask = if read_only { 0o440 } else { 0o660 };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let meta = fs::symlink_metadata(&p)?;
+        std::os::unix::fs::lchown(&p, None, Some(gid))?;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            continue;
+        }
+        let mut mode = meta.mode() & 0o7777 | mask;
+        if ft.is_dir() {
+            mode |= 0o2110;
+            for e in fs::read_dir(&p)? {
+                stack.push(e?.path());
+            }
+        }
+        if mode != meta.mode() & 0o7777 {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        }
+    }
     Ok(())
+}
+
+/// Whether an emptyDir set up earlier is still in place (upstream's ready check): its ready
+/// file exists and its directory does, mounted when the medium is memory.
+fn empty_dir_ready(root: &Path, uid: &str, name: &str, dir: &Path, memory: bool) -> bool {
+    let ready = pod_dir(root, uid)
+        .join("plugins")
+        .join(EMPTY_DIR)
+        .join(name)
+        .join("ready");
+    if !ready.exists() || !dir.is_dir() {
+        return false;
+    }
+    !memory
+        || fs::canonicalize(dir).is_ok_and(|canon| {
+            mount_table().is_ok_and(|t| mount_at(&t, &canon).is_some_and(|m| m.fs_type == "tmpfs"))
+        })
 }
 
 fn setup_volume(cfg: &Config, pod: &Pod, v: &Volume) -> Result<(), String> {
@@ -1068,7 +1119,13 @@ fn setup_volume(cfg: &Config, pod: &Pod, v: &Volume) -> Result<(), String> {
     let io_err = |e: io::Error| e.to_string();
     if let Some(ed) = &v.empty_dir {
         let dir = volume_dir(root, uid, EMPTY_DIR, &v.name);
-        match ed.medium.as_deref().unwrap_or("") {
+        let medium = ed.medium.as_deref().unwrap_or("");
+        if matches!(medium, "" | "Memory")
+            && empty_dir_ready(root, uid, &v.name, &dir, medium == "Memory")
+        {
+            return Ok(());
+        }
+        match medium {
             "" => setup_dir(&dir, EMPTY_DIR_PERM).map_err(io_err)?,
             "Memory" => {
                 let size = tmpfs_size(pod, ed.size_limit.as_ref().map(|q| q.0.as_str()));
@@ -1080,6 +1137,10 @@ fn setup_volume(cfg: &Config, pod: &Pod, v: &Volume) -> Result<(), String> {
                 ));
             }
             m => return Err(format!("unknown storage medium {m:?}")),
+        }
+        if let Some(gid) = fs_group(pod) {
+            set_volume_ownership(&dir, gid, false)
+                .map_err(|e| format!("setting the volume's group to fsGroup {gid}: {e}"))?;
         }
         return set_ready(root, uid, &v.name).map_err(io_err);
     }
@@ -1134,7 +1195,13 @@ fn setup_volume(cfg: &Config, pod: &Pod, v: &Volume) -> Result<(), String> {
     let dir = volume_dir(root, uid, plugin, &v.name);
     setup_tmpfs(&dir, tmpfs_size(pod, None)).map_err(io_err)?;
     set_ready(root, uid, &format!("wrapped_{}", v.name)).map_err(io_err)?;
-    atomic_write(&dir, &payload).map_err(|e| format!("writing the files of the volume: {e}"))
+    let written = atomic_write(&dir, &payload)
+        .map_err(|e| format!("writing the files of the volume: {e}"))?;
+    if written && let Some(gid) = fs_group(pod) {
+        set_volume_ownership(&dir, gid, true)
+            .map_err(|e| format!("setting the volume's group to fsGroup {gid}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Creates the pod's directories and sets up every volume of its spec (idempotent; run on

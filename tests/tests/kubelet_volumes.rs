@@ -395,6 +395,72 @@ spec:
     });
 }
 
+/// `fsGroup`: the pod's processes get it (before `supplementalGroups`), the volumes the kubelet
+/// makes belong to it with the setgid bit on their directories, and what a container creates
+/// there inherits the group; the runtime's view of the user shows up in the container status.
+#[test]
+fn fs_group_owns_the_volumes_and_joins_the_processes() {
+    let e = env("kl-fsgroup");
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fsg}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 1000, fsGroup: 1234, supplementalGroups: [5555]}}
+  containers:
+  - name: a
+    image: {image}
+    command: ["/bin/busybox", "sleep", "1000"]
+    volumeMounts:
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: info, mountPath: /info}}
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: mem, emptyDir: {{medium: Memory}}}}
+  - name: info
+    downwardAPI:
+      items: [{{path: name, fieldRef: {{fieldPath: metadata.name}}}}]
+"#,
+        image = e.image
+    );
+    e.kl.write_manifest("fsg.yaml", &manifest)
+        .expect("manifest");
+    let p =
+        e.kl.wait_pod("fsg", WAIT, |p| running(p, "a"))
+            .unwrap_or_else(|m| panic!("{m}\n--- keelsond ---\n{}", tail(&e.k.log(), 30)));
+    let a = cid(&p, "a");
+    // The primary group is the image's for uid 1000 (its /etc/passwd), fsGroup comes first
+    // among the others.
+    let gid: i64 = e.out(&a, "id -g").trim().parse().expect("gid");
+    assert_eq!(
+        e.out(&a, "id -u; id -G"),
+        format!("1000\n{gid} 1234 5555\n")
+    );
+    // A tmpfs root is sticky (1777) as upstream's Memory emptyDir is.
+    assert_eq!(
+        e.out(&a, "stat -c '%g %a' /scratch /mem"),
+        "1234 2777\n1234 3777\n"
+    );
+    e.out(&a, "touch /scratch/made /mem/made");
+    assert_eq!(
+        e.out(&a, "stat -c '%u %g' /scratch/made /mem/made"),
+        "1000 1234\n1000 1234\n"
+    );
+    assert_eq!(e.out(&a, "stat -L -c '%g %a' /info/name"), "1234 644\n");
+    assert_eq!(e.out(&a, "cat /info/name"), "fsg-kt-node");
+    // The runtime's view of the process's identity, as the kubelet reports it.
+    let user = &container_status(&p, "a").expect("status of a")["user"]["linux"];
+    assert_eq!(user["uid"], 1000, "{p}");
+    assert_eq!(user["gid"], gid, "{p}");
+    assert_eq!(
+        user["supplementalGroups"],
+        serde_json::json!([1234, 5555]),
+        "{p}"
+    );
+}
+
 #[test]
 fn volume_failures_are_reported_and_other_pods_run() {
     let e = env("kl-volbad");

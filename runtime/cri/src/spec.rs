@@ -321,8 +321,14 @@ pub fn user(
         (None, None) => (0, 0, Some("root".to_string())),
     };
     let gid = gid.unwrap_or(primary);
+    // Policy Merge (the default) adds the groups the image's /etc/group gives the user; Strict
+    // keeps to the ones the caller names.
+    let strict = sc.is_some_and(|sc| {
+        sc.supplemental_groups_policy == pb::SupplementalGroupsPolicy::Strict as i32
+    });
     let mut groups: Vec<u32> = uname
         .as_deref()
+        .filter(|_| !strict)
         .map(|n| member_groups(rootfs, n))
         .unwrap_or_default();
     if let Some(sc) = sc {
@@ -935,5 +941,20 @@ mod tests {
             ..Default::default()
         };
         assert!(user(Some(&sc), &img, dir.path()).is_err());
+        // Merge adds /etc/group's groups of the user to the caller's; Strict keeps the caller's.
+        let mut sc = pb::LinuxContainerSecurityContext {
+            run_as_username: "web".into(),
+            supplemental_groups: vec![7],
+            ..Default::default()
+        };
+        assert_eq!(
+            user(Some(&sc), &img, dir.path()).ok(),
+            Some((33, 44, vec![55, 7]))
+        );
+        sc.supplemental_groups_policy = pb::SupplementalGroupsPolicy::Strict as i32;
+        assert_eq!(
+            user(Some(&sc), &img, dir.path()).ok(),
+            Some((33, 44, vec![7]))
+        );
     }
 }

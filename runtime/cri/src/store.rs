@@ -89,6 +89,18 @@ pub struct ContainerRecord {
     pub exit_file: PathBuf,
     /// The signal StopContainer sends first (from the image's StopSignal), as a number.
     pub stop_signal: i32,
+    /// The identity the process runs with (uid, gid, supplementary groups), as created;
+    /// absent in records written before it was kept.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+/// The user of a container's process (ContainerStatus.user).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
 }
 
 /// The two record directories.

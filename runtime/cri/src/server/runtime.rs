@@ -6,7 +6,7 @@ use super::{
 use crate::sandbox::{self, InfraSpec};
 use crate::server::{mon, net, stats};
 use crate::spec;
-use crate::store::{ContainerRecord, SandboxRecord, SandboxState};
+use crate::store::{ContainerRecord, ProcessUser, SandboxRecord, SandboxState};
 use crate::streaming;
 use keelson_container::cgroups::{Cgroups, Layout};
 use keelson_proto::runtime::v1 as pb;
@@ -178,7 +178,13 @@ impl Runtime {
                 })
             }),
             image_id: r.image_id.clone(),
-            user: None,
+            user: r.user.as_ref().map(|u| pb::ContainerUser {
+                linux: Some(pb::LinuxContainerUser {
+                    uid: i64::from(u.uid),
+                    gid: i64::from(u.gid),
+                    supplemental_groups: u.additional_gids.iter().map(|&g| i64::from(g)).collect(),
+                }),
+            }),
             stop_signal: 0,
         })
     }
@@ -1024,7 +1030,10 @@ impl RuntimeService for Runtime {
                     user_namespaces: false,
                 }),
             }],
-            features: None,
+            features: Some(pb::RuntimeFeatures {
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         }))
     }
 
@@ -1415,7 +1424,15 @@ fn create_container_blocking(
         .cloned()
         .unwrap_or_else(|| image.id.to_string());
     let _ = meta;
+    let user = serde_json::from_value::<OciUser>(oci["process"]["user"].clone())
+        .ok()
+        .map(|u| ProcessUser {
+            uid: u.uid,
+            gid: u.gid,
+            additional_gids: u.additional_gids,
+        });
     Ok(ContainerRecord {
+        user,
         id: id.to_string(),
         sandbox_id: sb.id.clone(),
         config: config.encode_to_vec(),
@@ -1429,4 +1446,14 @@ fn create_container_blocking(
         exit_file,
         stop_signal,
     })
+}
+
+/// `process.user` of the generated OCI config.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OciUser {
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    additional_gids: Vec<u32>,
 }
