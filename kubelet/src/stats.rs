@@ -14,7 +14,7 @@ use crate::cri::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
 use keelson_proto::runtime::v1 as pb;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -216,21 +216,23 @@ struct SandboxInfo {
 /// The whole Summary.
 pub async fn summary(sh: &Shared, only_cpu_mem: bool) -> Result<Value, tonic::Status> {
     let mut cri = sh.cri.clone();
-    let pods: HashMap<String, (String, String)> = sh
-        .pods
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(uid, p)| {
+    let mut pods: HashMap<String, (String, String)> = HashMap::new();
+    let mut volumes: HashMap<String, Vec<(String, PathBuf, bool)>> = HashMap::new();
+    for (uid, p) in sh.pods.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        pods.insert(
+            uid.clone(),
             (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.metadata.namespace.clone().unwrap_or_default(),
+            ),
+        );
+        if !only_cpu_mem {
+            volumes.insert(
                 uid.clone(),
-                (
-                    p.metadata.name.clone().unwrap_or_default(),
-                    p.metadata.namespace.clone().unwrap_or_default(),
-                ),
-            )
-        })
-        .collect();
+                crate::volumes::measured_volumes(&sh.cfg.root_dir, p),
+            );
+        }
+    }
     let image_fs = if only_cpu_mem {
         None
     } else {
@@ -462,6 +464,28 @@ pub async fn summary(sh: &Shared, only_cpu_mem: bool) -> Result<Value, tonic::St
                 _ => cg::net_of(sb.pid),
             };
             pm.insert("network".into(), network_json(ts, &ifaces));
+            // Volumes, as upstream's volume stat calculator measures them (du of the
+            // directory; capacity of the filesystem holding it); a disk emptyDir and the
+            // managed hosts file count towards the pod's ephemeral storage.
+            let mut vols = Vec::new();
+            for (vname, dir, ephemeral) in volumes.get(uid).into_iter().flatten() {
+                let Some(f) = cg::statvfs(dir) else { continue };
+                let (b, n) = cg::du(dir);
+                if *ephemeral {
+                    ephemeral_used += b;
+                    ephemeral_inodes += n;
+                }
+                let mut v = fs_json(ts, &f, Some(b), Some(n));
+                v["name"] = vname.clone().into();
+                vols.push(v);
+            }
+            if !vols.is_empty() {
+                pm.insert("volume".into(), vols.into());
+            }
+            if let Ok(m) = std::fs::metadata(crate::volumes::hosts_file(&sh.cfg.root_dir, uid)) {
+                ephemeral_used += m.len();
+                ephemeral_inodes += 1;
+            }
             if let Some(f) = &nodefs {
                 pm.insert(
                     "ephemeral-storage".into(),

@@ -52,6 +52,34 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
     pods_dir(root).join(uid)
 }
 
+/// The volumes of a pod that have usage figures (upstream's volumes with a metrics provider:
+/// emptyDir, downwardAPI, projected; hostPath has none), in spec order: (name, directory,
+/// whether it counts as the pod's local ephemeral storage — a disk emptyDir).
+pub fn measured_volumes(root: &Path, pod: &Pod) -> Vec<(String, PathBuf, bool)> {
+    let (_, _, uid) = meta(pod);
+    spec(pod)
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let (plugin, ephemeral) = if let Some(ed) = &v.empty_dir {
+                (EMPTY_DIR, ed.medium.as_deref().unwrap_or("").is_empty())
+            } else if v.downward_api.is_some() {
+                (DOWNWARD_API, false)
+            } else if v.projected.is_some() {
+                (PROJECTED, false)
+            } else {
+                return None;
+            };
+            Some((
+                v.name.clone(),
+                volume_dir(root, uid, plugin, &v.name),
+                ephemeral,
+            ))
+        })
+        .collect()
+}
+
 fn volume_dir(root: &Path, uid: &str, plugin: &str, name: &str) -> PathBuf {
     pod_dir(root, uid).join("volumes").join(plugin).join(name)
 }

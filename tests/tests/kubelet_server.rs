@@ -174,12 +174,12 @@ fn https_server_stats_metrics_exec_and_logs() {
 
     // A chatty container: ~2.5 KiB of log a second, some CPU; and a web server on the pod's
     // loopback only (for the port forward).
-    let web = "mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www";
+    let web = "head -c 65536 /dev/zero > /scratch/blob && mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec busybox httpd -f -p 127.0.0.1:8080 -h /tmp/www";
     let script = "while true; do i=0; while [ $i -lt 40 ]; do echo \"line $i abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz\"; i=$((i+1)); done; sleep 1; done";
     kl.write_manifest(
         "stats.yaml",
         &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stats\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n  - name: web\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {web:?}]\n",
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: stats\nspec:\n  terminationGracePeriodSeconds: 2\n  containers:\n  - name: main\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {script:?}]\n  - name: web\n    image: {}\n    command: [\"/bin/sh\", \"-c\", {web:?}]\n    volumeMounts: [{{name: scratch, mountPath: /scratch}}]\n  volumes: [{{name: scratch, emptyDir: {{}}}}, {{name: host, hostPath: {{path: /tmp}}}}]\n",
             e.image, e.image
         ),
     )
@@ -210,6 +210,8 @@ fn https_server_stats_metrics_exec_and_logs() {
     let first = wait_for("the pod in /stats/summary", kl, || {
         find_pod(&get_json(kl, "/stats/summary"))
             .filter(|p| p["containers"][0]["cpu"]["usageCoreNanoSeconds"].as_u64() > Some(0))
+            // The web container writes its blob right after it starts.
+            .filter(|p| p["volume"][0]["usedBytes"].as_u64() >= Some(65536))
     });
     let s = get_json(kl, "/stats/summary");
     assert_eq!(s["node"]["nodeName"], NODE, "{s}");
@@ -253,6 +255,20 @@ fn https_server_stats_metrics_exec_and_logs() {
         "pod interfaces {ifaces:?}: {first}"
     );
     assert_eq!(first["network"]["name"], "eth0", "{first}");
+    // Volumes with figures (the emptyDir, not the hostPath), counted in the pod's ephemeral
+    // storage with the logs.
+    let vols = first["volume"].as_array().cloned().unwrap_or_default();
+    assert_eq!(vols.len(), 1, "{first}");
+    assert_eq!(vols[0]["name"], "scratch", "{first}");
+    let vol_used = vols[0]["usedBytes"].as_u64().unwrap_or(0);
+    assert!(vol_used >= 65536, "{first}");
+    assert!(vols[0]["capacityBytes"].as_u64() > Some(0), "{first}");
+    assert!(vols[0]["inodesUsed"].as_u64() >= Some(1), "{first}");
+    assert!(
+        first["ephemeral-storage"]["usedBytes"].as_u64()
+            >= Some(vol_used + c["logs"]["usedBytes"].as_u64().unwrap_or(0)),
+        "{first}"
+    );
     // CPU keeps counting, and with two samples a rate appears.
     let t0 = c["cpu"]["usageCoreNanoSeconds"].as_u64().expect("cpu");
     let later = wait_for("CPU usage to grow", kl, || {
