@@ -113,6 +113,87 @@ pub async fn kill_container(
     grace: i64,
     why: &str,
 ) -> Result<(), tonic::Status> {
+    kill_in_turn(
+        runtime,
+        spec_c,
+        container_id,
+        name,
+        pod_ip,
+        grace,
+        why,
+        None,
+    )
+    .await
+}
+
+/// The order in which a pod's containers stop when it has sidecars (upstream's
+/// `terminationOrdering`): a sidecar waits until every main container has stopped and every
+/// sidecar after it in the spec has; a container not running counts as stopped.
+struct Ordering {
+    stopped: std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>,
+    prereqs: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl Ordering {
+    fn new(pod: &Pod, running: &[&str]) -> Ordering {
+        let spec = crate::podconfig::spec(pod);
+        let mut stopped = std::collections::HashMap::new();
+        let mut prereqs: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        let mains: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
+        let mut later_sidecar: Option<String> = None;
+        let inits: Vec<&Container> = spec.init_containers.iter().flatten().collect();
+        for c in spec.containers.iter().chain(inits.iter().copied()) {
+            let (tx, _) = tokio::sync::watch::channel(!running.contains(&c.name.as_str()));
+            stopped.insert(c.name.clone(), tx);
+        }
+        for ic in inits.iter().rev().filter(|c| is_sidecar(c)) {
+            let mut waits = mains.clone();
+            waits.extend(later_sidecar.replace(ic.name.clone()));
+            prereqs.insert(ic.name.clone(), waits);
+        }
+        Ordering { stopped, prereqs }
+    }
+
+    /// Waits for `name`'s turn, at most `grace` seconds; returns the whole seconds waited.
+    async fn wait_for_turn(&self, name: &str, grace: i64) -> i64 {
+        if grace <= 0 {
+            return 0;
+        }
+        let start = Instant::now();
+        let waits = async {
+            for p in self.prereqs.get(name).into_iter().flatten() {
+                if let Some(tx) = self.stopped.get(p) {
+                    let mut rx = tx.subscribe();
+                    // The sender lives in `self`: wait_for only ends with the value.
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(grace as u64), waits).await;
+        start.elapsed().as_secs() as i64
+    }
+
+    fn stopped(&self, name: &str) {
+        if let Some(tx) = self.stopped.get(name) {
+            tx.send_replace(true);
+        }
+    }
+}
+
+/// [`kill_container`] within a pod's termination: after its preStop hook a sidecar waits for
+/// its turn (see [`Ordering`]) with what is left of the grace period.
+#[allow(clippy::too_many_arguments)]
+async fn kill_in_turn(
+    runtime: &crate::cri::RuntimeClient,
+    spec_c: Option<&Container>,
+    container_id: &str,
+    name: &str,
+    pod_ip: &str,
+    grace: i64,
+    why: &str,
+    ordering: Option<&Ordering>,
+) -> Result<(), tonic::Status> {
     let mut grace = grace.max(0);
     let started = Instant::now();
     if let Some(c) = spec_c
@@ -130,6 +211,11 @@ pub async fn kill_container(
         }
         grace -= started.elapsed().as_secs() as i64;
     }
+    if let Some(o) = ordering
+        && grace > 0
+    {
+        grace -= o.wait_for_turn(name, grace).await;
+    }
     // Upstream always leaves a container a minimal shutdown window.
     let grace = grace.max(MIN_GRACE);
     tracing::info!(container = %name, grace, "Killing: Stopping container {name}{why}");
@@ -139,12 +225,16 @@ pub async fn kill_container(
         timeout: grace,
     })
     .await?;
+    if let Some(o) = ordering {
+        o.stopped(name);
+    }
     Ok(())
 }
 
-/// Kills every running container of the pod with `grace` seconds: the main (and regular
-/// init) containers at once, then the sidecars one by one in reverse spec order, each with
-/// what is left of the grace period (at least 2 s).
+/// Kills every running container of the pod with `grace` seconds, all at once as upstream's
+/// `killContainersWithSyncResult`: every preStop hook starts right away; when the pod has
+/// sidecars, each waits after its hook until the main containers and the sidecars after it
+/// have stopped (reverse spec order), within what is left of the grace period.
 pub async fn kill_pod(
     runtime: &crate::cri::RuntimeClient,
     pod: &Pod,
@@ -153,12 +243,6 @@ pub async fn kill_pod(
     grace: i64,
 ) -> Result<(), tonic::Status> {
     let spec = crate::podconfig::spec(pod);
-    let sidecars: Vec<&Container> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .filter(|c| is_sidecar(c))
-        .collect();
     let spec_of = |name: &str| {
         spec.init_containers
             .iter()
@@ -172,30 +256,41 @@ pub async fn kill_pod(
         .iter()
         .filter(|c| c.state == pb::ContainerState::ContainerRunning)
         .collect();
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for c in running
+    let names: Vec<&str> = running.iter().map(|c| c.name.as_str()).collect();
+    let ordering = spec
+        .init_containers
         .iter()
-        .filter(|c| !sidecars.iter().any(|s| s.name == c.name))
-    {
+        .flatten()
+        .any(is_sidecar)
+        .then(|| std::sync::Arc::new(Ordering::new(pod, &names)));
+    let mut set = tokio::task::JoinSet::new();
+    for c in &running {
         let runtime = runtime.clone();
         let spec_c = spec_of(&c.name);
         let (id, name, ip) = (c.id.clone(), c.name.clone(), pod_ip.to_string());
+        let ordering = ordering.clone();
         set.spawn(async move {
-            kill_container(&runtime, spec_c.as_ref(), &id, &name, &ip, grace, "").await
+            kill_in_turn(
+                &runtime,
+                spec_c.as_ref(),
+                &id,
+                &name,
+                &ip,
+                grace,
+                "",
+                ordering.as_deref(),
+            )
+            .await
         });
     }
+    let mut first_err = None;
     while let Some(r) = set.join_next().await {
-        match r {
-            Ok(r) => r?,
-            Err(e) => return Err(tonic::Status::internal(e.to_string())),
+        let r = r
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
         }
     }
-    for s in sidecars.iter().rev() {
-        for c in running.iter().filter(|c| c.name == s.name) {
-            let left = (grace - start.elapsed().as_secs() as i64).max(MIN_GRACE);
-            kill_container(runtime, Some(s), &c.id, &c.name, pod_ip, left, "").await?;
-        }
-    }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }

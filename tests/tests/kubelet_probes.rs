@@ -673,6 +673,56 @@ spec:
     );
     let side1_log = e.container_log(&p, "side1", 0);
     assert!(side1_log.contains("side1 TERM"), "{side1_log}");
+
+    // A pod with a sidecar removed: every preStop hook starts at once (the sidecar's too),
+    // the sidecar is stopped only after the main container, whose hook takes a second.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: sidestop
+spec:
+  terminationGracePeriodSeconds: 8
+  initContainers:
+  - name: helper
+    image: {image}
+    restartPolicy: Always
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do /bin/busybox sleep 0.2; done"]
+    lifecycle:
+      preStop:
+        exec: {{command: ["/bin/busybox", "true"]}}
+  containers:
+  - name: app
+    image: {image}
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do /bin/busybox sleep 0.2; done"]
+    lifecycle:
+      preStop:
+        sleep: {{seconds: 1}}
+"#,
+        image = e.image
+    );
+    e.kl.write_manifest("sidestop.yaml", &manifest)
+        .expect("manifest");
+    e.wait("sidestop", "both running", |p| {
+        running(p, "helper") && running(p, "app")
+    });
+    let before = e.kl.log().len();
+    e.kl.remove_manifest("sidestop.yaml").expect("rm");
+    e.wait_until("the sidecar is stopped", || {
+        e.kl.log()
+            .get(before..)
+            .is_some_and(|l| l.contains("Stopping container helper"))
+    });
+    let log = e.kl.log().get(before..).unwrap_or_default().to_string();
+    let at = |needle: &str| log.find(needle).unwrap_or(usize::MAX);
+    let helper_hook = at("running the preStop hook container=helper");
+    let app_stop = at("Stopping container app");
+    let helper_stop = at("Stopping container helper");
+    assert!(
+        helper_hook < app_stop && app_stop < helper_stop,
+        "hook/stop order {helper_hook} {app_stop} {helper_stop}\n{}",
+        tail(&log, 40)
+    );
 }
 
 /// The node IP the kubelet gives host-network pods (its first IPv4 address on an interface
