@@ -547,19 +547,24 @@ fn add_deletes_stale_udp_conntrack_entries_like_the_reference() {
         let label = format!("{} {backend:?}", p.label);
         let net = TestNet::new(&format!("pmu{}", p.label)).unwrap();
         let client = Client::attach(&net.host).unwrap();
-        // Connection tracking on in the test host, as on any node with NAT rules.
+        // Connection tracking on in the test host (both families), as on any node with NAT
+        // rules.
         let out = net
             .host
             .exec(&[
                 "nft",
-                "add table ip kt_ct; \
-                 add chain ip kt_ct pre { type filter hook prerouting priority -150; }; \
-                 add rule ip kt_ct pre ct state new counter",
+                "add table inet kt_ct; \
+                 add chain inet kt_ct pre { type filter hook prerouting priority -150; }; \
+                 add rule inet kt_ct pre ct state new counter",
             ])
             .unwrap();
         assert!(out.status.success(), "{out:?}");
         let ns = Netns::new("cpmu").unwrap();
-        let bconf = net.bridge_conf("1.0.0");
+        // Dual stack: the entries of both families' tables go.
+        let v6 = format!("fd12:{}", net.prefix.replace("10.", "").replace('.', ":"));
+        let mut bconf = net.bridge_conf("1.0.0");
+        bconf["ipam"]["ranges"] =
+            json!([[{"subnet": net.subnet()}], [{"subnet": format!("{v6}::/64")}]]);
         let inv = Invocation::new("ADD", "c-pmu", &ns, "eth0");
         let prev = invoke(&p, "bridge", &net.host, &inv, &bconf)
             .unwrap()
@@ -580,6 +585,19 @@ fn add_deletes_stale_udp_conntrack_entries_like_the_reference() {
                 "{label}: no conntrack entry"
             );
             sender.send_to(b"early", &target).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // An IPv6 flow to the port from the node itself.
+        let local6 = udp_socket_in(&net.host, "[::1]:0");
+        while !udp_entries_to(&net.host, 9053)
+            .iter()
+            .any(|l| l.starts_with("ipv6"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: no IPv6 conntrack entry"
+            );
+            local6.send_to(b"early", "[::1]:9053").unwrap();
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
 
