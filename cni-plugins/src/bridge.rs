@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use ipnet::IpNet;
-use netlink_packet_route::link::InfoKind;
+use netlink_packet_route::link::{BridgeVlanInfoFlags, InfoKind};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -65,9 +65,14 @@ struct BridgeConf {
     #[serde(default)]
     promisc_mode: bool,
     #[serde(default)]
-    vlan: u16,
+    vlan: i64,
     #[serde(default)]
-    vlan_trunk: Option<Value>,
+    vlan_trunk: Option<Vec<VlanTrunk>>,
+    #[serde(default = "yes")]
+    preserve_default_vlan: bool,
+    /// The trunk's vlans, collected from `vlan_trunk` (sorted, each once).
+    #[serde(skip)]
+    trunk: Vec<u16>,
     #[serde(default)]
     macspoofchk: bool,
     #[serde(default)]
@@ -82,6 +87,64 @@ struct BridgeConf {
 
 fn default_bridge() -> String {
     "cni0".to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One `vlanTrunk` item: a single `id`, or a `minID`..=`maxID` range (or both).
+#[derive(Debug, Clone, Deserialize)]
+struct VlanTrunk {
+    #[serde(default, rename = "minID")]
+    min_id: Option<i64>,
+    #[serde(default, rename = "maxID")]
+    max_id: Option<i64>,
+    #[serde(default)]
+    id: Option<i64>,
+}
+
+/// The trunk's vlans with upstream's (v1.2+) validation and messages.
+fn collect_trunk(items: &[VlanTrunk]) -> Result<Vec<u16>> {
+    let ok = |v: i64| (1..=4094).contains(&v);
+    let mut vlans = std::collections::BTreeSet::new();
+    for item in items {
+        match (item.min_id, item.max_id) {
+            (Some(min), Some(max)) => {
+                if !ok(min) {
+                    return Err(CniError::config("incorrect trunk minID parameter"));
+                }
+                if !ok(max) {
+                    return Err(CniError::config("incorrect trunk maxID parameter"));
+                }
+                if max < min {
+                    return Err(CniError::config(
+                        "minID is greater than maxID in trunk parameter",
+                    ));
+                }
+                vlans.extend((min..=max).filter_map(|v| u16::try_from(v).ok()));
+            }
+            (None, Some(_)) => {
+                return Err(CniError::config(
+                    "minID and maxID should be configured simultaneously, minID is missing",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(CniError::config(
+                    "minID and maxID should be configured simultaneously, maxID is missing",
+                ));
+            }
+            (None, None) => {}
+        }
+        if let Some(id) = item.id {
+            let id = u16::try_from(id)
+                .ok()
+                .filter(|v| ok(i64::from(*v)))
+                .ok_or_else(|| CniError::config("incorrect trunk id parameter"))?;
+            vlans.insert(id);
+        }
+    }
+    Ok(vlans.into_iter().collect())
 }
 
 fn nl(e: NetlinkError) -> CniError {
@@ -107,8 +170,23 @@ fn parse(conf: &Value) -> Result<BridgeConf> {
     if c.is_default_gateway {
         c.is_gateway = true;
     }
-    if c.vlan > 4094 {
-        return Err(CniError::config(format!("invalid VLAN ID {}", c.vlan)));
+    if !(0..=4094).contains(&c.vlan) {
+        return Err(CniError::config(format!(
+            "invalid VLAN ID {} (must be between 0 and 4094)",
+            c.vlan
+        )));
+    }
+    if let Some(items) = &c.vlan_trunk {
+        c.trunk = collect_trunk(items)?;
+    }
+    // An access port (untagged) or a trunk port (tagged), not both.
+    if c.vlan > 0 && !c.trunk.is_empty() {
+        return Err(CniError::config(
+            "cannot set vlan and vlanTrunk at the same time",
+        ));
+    }
+    if c.is_gateway && c.vlan > 0 {
+        valid_ifname(&vlan_gateway_name(&c), "vlan gateway interface")?;
     }
     if let Some(b) = &c.ip_masq_backend
         && b != "iptables"
@@ -126,15 +204,132 @@ fn parse(conf: &Value) -> Result<BridgeConf> {
     Ok(c)
 }
 
-fn unimplemented(c: &BridgeConf) -> Result<()> {
-    // This VM's kernel has no VLAN filtering on bridges: neither implementation can make one
-    // here, so it could not be tested.
-    if c.vlan != 0 || c.vlan_trunk.is_some() {
-        return Err(CniError::config(
-            "unimplemented: bridge option \"vlan\"/\"vlanTrunk\" is not supported yet",
-        ));
+impl BridgeConf {
+    /// The access vlan (`vlan`), 0 for none.
+    fn access_vlan(&self) -> u16 {
+        u16::try_from(self.vlan).unwrap_or(0)
+    }
+
+    /// As upstream: a bridge created for a `vlan` or a `vlanTrunk` (even an empty one) filters
+    /// vlans.
+    fn vlan_filtering(&self) -> bool {
+        self.vlan != 0 || self.vlan_trunk.is_some()
+    }
+}
+
+/// The host interface that carries the gateway address of a vlan: `<bridge>.<vlan>`, the peer
+/// of a veth whose other end is an access port of that vlan on the bridge (as the reference).
+fn vlan_gateway_name(c: &BridgeConf) -> String {
+    format!("{}.{}", c.bridge, c.vlan)
+}
+
+/// A kernel without CONFIG_BRIDGE_VLAN_FILTERING answers EOPNOTSUPP to every vlan request.
+fn vlan_err(e: NetlinkError) -> CniError {
+    if e.errno() == Some(libc::EOPNOTSUPP) {
+        CniError::with_details(
+            Code::Plugin,
+            "bridge vlan filtering is not supported by this kernel \
+             (CONFIG_BRIDGE_VLAN_FILTERING): cannot use \"vlan\" or \"vlanTrunk\"",
+            e,
+        )
+    } else {
+        nl(e)
+    }
+}
+
+/// A new port's vlans as upstream sets them: without `preserveDefaultVlan` the port's existing
+/// vlans (the bridge's default PVID) go first; the access vlan is the PVID, egress untagged;
+/// trunk vlans are tagged.
+fn setup_port_vlans(h: &mut Handle, port: u32, c: &BridgeConf) -> Result<()> {
+    let access = c.access_vlan();
+    if access == 0 && c.trunk.is_empty() {
+        return Ok(());
+    }
+    if !c.preserve_default_vlan {
+        for v in h.bridge_vlans(port).map_err(vlan_err)? {
+            h.bridge_vlan_del(port, v.vid).map_err(vlan_err)?;
+        }
+    }
+    if access != 0 {
+        h.bridge_vlan_add(port, access, true, true)
+            .map_err(vlan_err)?;
+    }
+    for v in &c.trunk {
+        h.bridge_vlan_add(port, *v, false, false)
+            .map_err(vlan_err)?;
     }
     Ok(())
+}
+
+/// CHECK: the port carries the access vlan as PVID, egress untagged, and every trunk vlan
+/// tagged.
+fn check_port_vlans(h: &mut Handle, port: &Link, c: &BridgeConf) -> Result<()> {
+    let access = c.access_vlan();
+    if access == 0 && c.trunk.is_empty() {
+        return Ok(());
+    }
+    let have = h.bridge_vlans(port.index).map_err(vlan_err)?;
+    let find = |vid: u16| have.iter().find(|v| v.vid == vid);
+    if access != 0 {
+        let ok = find(access).is_some_and(|v| {
+            v.flags.contains(BridgeVlanInfoFlags::Pvid)
+                && v.flags.contains(BridgeVlanInfoFlags::Untagged)
+        });
+        if !ok {
+            return Err(CniError::plugin(format!(
+                "interface {}: vlan {access} is not its untagged PVID",
+                port.name
+            )));
+        }
+    }
+    for vid in &c.trunk {
+        let ok = find(*vid).is_some_and(|v| !v.flags.contains(BridgeVlanInfoFlags::Untagged));
+        if !ok {
+            return Err(CniError::plugin(format!(
+                "interface {}: trunk vlan {vid} is not tagged on it",
+                port.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `<bridge>.<vlan>` for the gateway address of an access vlan, created when missing (a veth
+/// pair in the host netns, its other end an access port of the vlan on the bridge, both up);
+/// `created` tells whether this call made it.
+fn ensure_vlan_gateway(h: &mut Handle, br: &Link, c: &BridgeConf) -> Result<(Link, bool)> {
+    let name = vlan_gateway_name(c);
+    if let Some(l) = h.link_by_name(&name).map_err(nl)? {
+        return Ok((l, false));
+    }
+    let here = File::open("/proc/thread-self/ns/net")
+        .map_err(|e| CniError::io("failed to open the host netns", e))?;
+    let port_name = random_veth_name()?;
+    let mtu = (br.mtu != 0).then_some(br.mtu);
+    h.add_veth(&port_name, &name, mtu, None, here.as_raw_fd())
+        .map_err(|e| CniError::plugin(format!("failed to create vlan gateway {name:?}: {e}")))?;
+    let gw = h
+        .link_by_name(&name)
+        .map_err(nl)?
+        .ok_or_else(|| CniError::plugin(format!("{name} vanished after creation")))?;
+    let res = (|| -> Result<Link> {
+        let port = h
+            .link_by_name(&port_name)
+            .map_err(nl)?
+            .ok_or_else(|| CniError::plugin(format!("{port_name} vanished after creation")))?;
+        h.set_master(port.index, br.index).map_err(nl)?;
+        setup_port_vlans(h, port.index, c)?;
+        h.set_flags(port.index, true, None).map_err(nl)?;
+        h.set_flags(gw.index, true, None).map_err(nl)?;
+        Ok(gw.clone())
+    })();
+    match res {
+        Ok(gw) => Ok((gw, true)),
+        Err(e) => {
+            let _ = h.del_link(gw.index);
+            Err(e)
+        }
+    }
 }
 
 /// Whether `ipMasq` uses nftables: asked for, or no iptables installed (as upstream).
@@ -211,10 +406,11 @@ fn ensure_bridge(h: &mut Handle, c: &BridgeConf) -> Result<(Link, bool)> {
             l
         }
         None => {
-            match h.add_bridge(&c.bridge, c.mtu, c.vlan != 0) {
+            match h.add_bridge(&c.bridge, c.mtu, c.vlan_filtering()) {
                 Ok(()) => created = true,
                 // A concurrent ADD created it first.
                 Err(e) if e.errno() == Some(libc::EEXIST) => {}
+                Err(e) if c.vlan_filtering() => return Err(vlan_err(e)),
                 Err(e) => return Err(nl(e)),
             }
             h.link_by_name(&c.bridge)
@@ -355,6 +551,7 @@ pub struct Bridge;
 struct Undo {
     host_veth: Option<u32>,
     bridge: Option<u32>,
+    vlan_gateway: Option<u32>,
     masq: Vec<IpNet>,
     macspoofchk: bool,
 }
@@ -427,6 +624,7 @@ fn make_links(
         h.set_bridge_port(veth.index, c.hairpin_mode, c.port_isolation)
             .map_err(nl)?;
     }
+    setup_port_vlans(h, veth.index, c)?;
     h.set_flags(veth.index, true, None).map_err(nl)?;
     Ok((br, veth))
 }
@@ -520,8 +718,22 @@ impl Bridge {
             }
         })?;
 
+        let mut vlan_gateway = None;
         if c.is_gateway {
-            let existing = h.addrs(Some(br.index)).map_err(nl)?;
+            // With an access vlan the gateway addresses go on `<bridge>.<vlan>`, else on the
+            // bridge.
+            let gw_link = if c.access_vlan() != 0 && result.ips.iter().any(|i| i.gateway.is_some())
+            {
+                let (l, created) = ensure_vlan_gateway(h, &br, c)?;
+                if created {
+                    undo.vlan_gateway = Some(l.index);
+                }
+                vlan_gateway = Some(l.clone());
+                l
+            } else {
+                br.clone()
+            };
+            let existing = h.addrs(Some(gw_link.index)).map_err(nl)?;
             for ip in &result.ips {
                 let Some(gw) = ip.gateway else { continue };
                 let gw_net = IpNet::new(gw, ip.address.prefix_len())
@@ -536,10 +748,10 @@ impl Bridge {
                 {
                     return Err(CniError::plugin(format!(
                         "{:?} already has an IP address different from {gw_net}: {other}",
-                        c.bridge
+                        gw_link.name
                     )));
                 }
-                match h.add_addr(br.index, &gw_net) {
+                match h.add_addr(gw_link.index, &gw_net) {
                     Ok(()) => {}
                     Err(e) if e.errno() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(nl(e)),
@@ -598,6 +810,15 @@ impl Bridge {
                 ..Default::default()
             },
         ];
+        if let Some(gw) = vlan_gateway
+            && let Some(gw) = h.link_by_index(gw.index).map_err(nl)?
+        {
+            result.interfaces.push(Interface {
+                name: gw.name.clone(),
+                mac: gw.mac_string(),
+                ..Default::default()
+            });
+        }
         if let Some(dns) = conf.get("dns")
             && let Ok(d) = serde_json::from_value(dns.clone())
             && result.dns == Default::default()
@@ -622,7 +843,6 @@ impl Plugin for Bridge {
     fn add(&self, args: &Args, conf: &Value) -> Result<CniResult> {
         args.refuse_unknown(&["MAC"])?;
         let c = parse(conf)?;
-        unimplemented(&c)?;
         valid_ifname(&args.ifname, "interface")
             .map_err(|e| CniError::new(Code::InvalidEnv, e.msg))?;
         let path = args
@@ -635,6 +855,9 @@ impl Plugin for Bridge {
         let res = self.add_inner(args, conf, &c, &mut h, &netns, &mut undo);
         let (host_veth, created_bridge) = (undo.host_veth, undo.bridge);
         if res.is_err() {
+            if let Some(idx) = undo.vlan_gateway {
+                let _ = h.del_link(idx);
+            }
             if undo.macspoofchk {
                 let _ = crate::nft::delete_tagged("bridge", SPOOF_TABLE, &spoof_tag(conf, args));
             }
@@ -747,6 +970,15 @@ impl Plugin for Bridge {
             if i.name == c.bridge {
                 continue;
             }
+            if c.is_gateway && c.access_vlan() != 0 && i.name == vlan_gateway_name(&c) {
+                if h.link_by_name(&i.name).map_err(nl)?.is_none() {
+                    return Err(CniError::plugin(format!(
+                        "vlan gateway interface {} not found",
+                        i.name
+                    )));
+                }
+                continue;
+            }
             let l = h
                 .link_by_name(&i.name)
                 .map_err(nl)?
@@ -777,6 +1009,7 @@ impl Plugin for Bridge {
                     i.name, l.mtu
                 )));
             }
+            check_port_vlans(&mut h, &l, &c)?;
         }
         let cont_mac = cont.mac.clone();
         let has_v6 = prev.ips.iter().any(|i| i.address.addr().is_ipv6());

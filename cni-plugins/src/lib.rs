@@ -4,6 +4,7 @@
 //! Each binary is a thin `main` around [`skel::run`] with its plugin's command handlers.
 
 pub mod bridge;
+pub mod conntrack;
 pub mod error;
 pub mod hostlocal;
 pub mod ipam;

@@ -12,8 +12,9 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
-    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkExtentMask,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -346,6 +347,70 @@ impl Handle {
         .map(|_| ())
     }
 
+    /// `bridge vlan add vid <vid> dev <index> master [pvid] [untagged]`: AF_BRIDGE RTM_SETLINK
+    /// with IFLA_AF_SPEC { IFLA_BRIDGE_FLAGS master, IFLA_BRIDGE_VLAN_INFO }.
+    pub fn bridge_vlan_add(
+        &mut self,
+        index: u32,
+        vid: u16,
+        pvid: bool,
+        untagged: bool,
+    ) -> Result<()> {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        let m = bridge_vlan_msg(index, vid, flags);
+        self.set_link(m, &format!("add vlan {vid} to bridge port {index}"))
+    }
+
+    /// `bridge vlan del vid <vid> dev <index> master` (AF_BRIDGE RTM_DELLINK: removes the vlan,
+    /// not the link).
+    pub fn bridge_vlan_del(&mut self, index: u32, vid: u16) -> Result<()> {
+        let m = bridge_vlan_msg(index, vid, BridgeVlanInfoFlags::empty());
+        self.request(
+            RouteNetlinkMessage::DelLink(m),
+            NLM_F_ACK,
+            &format!("delete vlan {vid} from bridge port {index}"),
+        )
+        .map(|_| ())
+    }
+
+    /// The vlans of bridge port (or bridge) `index`: AF_BRIDGE RTM_GETLINK dump with
+    /// RTEXT_FILTER_BRVLAN, one entry per vid.
+    pub fn bridge_vlans(&mut self, index: u32) -> Result<Vec<BridgeVlanInfo>> {
+        let mut m = LinkMessage::default();
+        m.header.interface_family = AddressFamily::Bridge;
+        m.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(m),
+            NLM_F_DUMP,
+            "dump bridge vlans",
+        )?;
+        let mut out = Vec::new();
+        for r in msgs {
+            let RouteNetlinkMessage::NewLink(l) = r else {
+                continue;
+            };
+            if l.header.index != index {
+                continue;
+            }
+            for a in &l.attributes {
+                if let LinkAttribute::AfSpecBridge(spec) = a {
+                    out.extend(spec.iter().filter_map(|s| match s {
+                        AfSpecBridge::VlanInfo(v) => Some(*v),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub fn del_link(&mut self, index: u32) -> Result<()> {
         let mut m = LinkMessage::default();
         m.header.index = index;
@@ -475,6 +540,17 @@ impl Handle {
         }
         Ok(out)
     }
+}
+
+fn bridge_vlan_msg(index: u32, vid: u16, flags: BridgeVlanInfoFlags) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.interface_family = AddressFamily::Bridge;
+    m.header.index = index;
+    m.attributes.push(LinkAttribute::AfSpecBridge(vec![
+        AfSpecBridge::Flags(BridgeFlag::Controller),
+        AfSpecBridge::VlanInfo(BridgeVlanInfo { flags, vid }),
+    ]));
+    m
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::conntrack;
 use crate::error::{CniError, Code, Result};
 use crate::ipt;
 use crate::netlink::Handle;
@@ -364,6 +365,34 @@ fn enable_localnet(ips: &[IpNet]) -> Result<()> {
     Ok(())
 }
 
+/// As the reference after mapping the ports: conntrack entries of UDP flows to the mapped host
+/// ports, per family of the container's addresses, are deleted, so a flow that began before the
+/// DNAT rule existed (and would stay un-NATed while packets keep coming) is tracked anew and
+/// reaches the container. Failures are only logged, as upstream does.
+fn delete_stale_udp(p: &Parsed, ips: &[IpNet]) {
+    let ports: Vec<u16> = p
+        .mappings
+        .iter()
+        .filter(|m| m.proto == "udp")
+        .map(|m| m.host_port)
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    for (family, v4) in [
+        (conntrack::Family::V4, true),
+        (conntrack::Family::V6, false),
+    ] {
+        if !ips.iter().any(|a| a.addr().is_ipv4() == v4) {
+            continue;
+        }
+        match conntrack::delete_udp_to_ports(family, &ports) {
+            Ok(n) => tracing::debug!("deleted {n} stale UDP conntrack entries ({family:?})"),
+            Err(e) => tracing::warn!("failed to delete stale UDP conntrack entries: {e}"),
+        }
+    }
+}
+
 pub struct Portmap;
 
 impl Plugin for Portmap {
@@ -420,6 +449,7 @@ impl Plugin for Portmap {
                 nft::run(&add_script(&p, &ips, &tag))?;
             }
         }
+        delete_stale_udp(&p, &ips);
         Ok(prev)
     }
 

@@ -19,6 +19,16 @@ ip link set lo up 2>/dev/null || true
 # overlayfs (keelsond's snapshots) is a module of the UML kernel.
 overlay_ko="/usr/lib/uml/modules/$(uname -r)/kernel/fs/overlayfs/overlay.ko"
 overlay_msg="$(/bin/busybox insmod "$overlay_ko" 2>&1 || true)"
+# The bridge (with vlan filtering, which this VM's own kernel lacks), veth and 802.1q are modules
+# too, for the cni_vlan suite; each is loaded after its dependencies, failures tolerated (the
+# suite reports what is missing). KEELSON_UML_GUEST tells the suites they run here.
+mods="/usr/lib/uml/modules/$(uname -r)/kernel"
+net_msg=""
+for m in lib/crc-ccitt net/ipv6/ipv6 net/llc/llc net/802/stp net/bridge/bridge \
+  drivers/net/veth net/802/garp net/802/mrp net/8021q/8021q; do
+  out="$(/bin/busybox insmod "$mods/$m.ko" 2>&1)" || net_msg="$net_msg ${m##*/}: $out;"
+done
+export KEELSON_UML_GUEST=1
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup
 mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 mkdir -p /tmp/share
@@ -37,6 +47,7 @@ cd "$KEELSON_REPO" || { echo "no $KEELSON_REPO in the guest" > /tmp/share/guest-
   echo "cgroup2 controllers: $(cat /sys/fs/cgroup/cgroup.controllers)"
   echo "block devices: $(ls /sys/block | tr '\n' ' ')"
   echo "overlay: $(grep -c overlay /proc/filesystems) ${overlay_msg}"
+  echo "net modules: ${net_msg:-loaded}"
 } > /tmp/share/guest-info 2>&1
 n=0
 while read -r bin filter; do

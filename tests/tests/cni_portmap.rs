@@ -508,3 +508,128 @@ fn external_set_mark_chain_like_the_reference() {
     }
     assert_eq!(layouts[0], layouts[1]);
 }
+
+/// A UDP socket bound in `ns`: made by a thread that joined the namespace (a socket stays in the
+/// namespace it was made in, whichever thread uses it later).
+fn udp_socket_in(ns: &Netns, bind: &str) -> std::net::UdpSocket {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            cni::enter_netns(ns).unwrap();
+            std::net::UdpSocket::bind(bind).unwrap()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// The conntrack entries of `ns` (`/proc/net/nf_conntrack` read inside it) of UDP flows to
+/// `port`.
+fn udp_entries_to(ns: &Netns, port: u16) -> Vec<String> {
+    let out = ns.exec(&["cat", "/proc/net/nf_conntrack"]).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" udp ") && l.contains(&format!(" dport={port} ")))
+        .map(String::from)
+        .collect()
+}
+
+/// A UDP flow that began before its host port was mapped (so conntrack recorded it un-NATed and
+/// keeps it so while packets come) reaches the container after ADD: the ADD deletes the UDP
+/// conntrack entries to the mapped host port, as the reference does.
+#[test]
+fn add_deletes_stale_udp_conntrack_entries_like_the_reference() {
+    for (p, backend) in [
+        (ours(), None),
+        (ours(), Some("nftables")),
+        (Plugins::reference(), None),
+    ] {
+        let label = format!("{} {backend:?}", p.label);
+        let net = TestNet::new(&format!("pmu{}", p.label)).unwrap();
+        let client = Client::attach(&net.host).unwrap();
+        // Connection tracking on in the test host (both families), as on any node with NAT
+        // rules.
+        let out = net
+            .host
+            .exec(&[
+                "nft",
+                "add table inet kt_ct; \
+                 add chain inet kt_ct pre { type filter hook prerouting priority -150; }; \
+                 add rule inet kt_ct pre ct state new counter",
+            ])
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let ns = Netns::new("cpmu").unwrap();
+        // Dual stack: the entries of both families' tables go.
+        let v6 = format!("fd12:{}", net.prefix.replace("10.", "").replace('.', ":"));
+        let mut bconf = net.bridge_conf("1.0.0");
+        bconf["ipam"]["ranges"] =
+            json!([[{"subnet": net.subnet()}], [{"subnet": format!("{v6}::/64")}]]);
+        let inv = Invocation::new("ADD", "c-pmu", &ns, "eth0");
+        let prev = invoke(&p, "bridge", &net.host, &inv, &bconf)
+            .unwrap()
+            .ok()
+            .json();
+        let server = udp_socket_in(&ns, "0.0.0.0:5353");
+        server
+            .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+            .unwrap();
+        // One client socket throughout: the same source port, so the same conntrack tuple.
+        let sender = udp_socket_in(&client.ns, "0.0.0.0:0");
+        let target = format!("{}:9053", client.host_ip);
+        // Before the mapping: to the host itself (nothing listens), tracked without NAT.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while udp_entries_to(&net.host, 9053).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: no conntrack entry"
+            );
+            sender.send_to(b"early", &target).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // An IPv6 flow to the port from the node itself.
+        let local6 = udp_socket_in(&net.host, "[::1]:0");
+        while !udp_entries_to(&net.host, 9053)
+            .iter()
+            .any(|l| l.starts_with("ipv6"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{label}: no IPv6 conntrack entry"
+            );
+            local6.send_to(b"early", "[::1]:9053").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+
+        let mut conf = portmap_conf(
+            &net,
+            &prev,
+            json!([{"hostPort": 9053, "containerPort": 5353, "protocol": "udp"}]),
+        );
+        if let Some(b) = backend {
+            conf["backend"] = json!(b);
+        }
+        invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+        let left = udp_entries_to(&net.host, 9053);
+        assert!(
+            left.is_empty(),
+            "{label}: stale entries after ADD: {left:?}"
+        );
+
+        // The same flow now reaches the container.
+        let mut got = None;
+        let mut buf = [0u8; 64];
+        for _ in 0..10 {
+            sender.send_to(b"late", &target).unwrap();
+            if let Ok((n, _)) = server.recv_from(&mut buf) {
+                got = Some(buf[..n].to_vec());
+                break;
+            }
+        }
+        assert_eq!(got.as_deref(), Some(&b"late"[..]), "{label}");
+
+        let inv = Invocation::new("DEL", "c-pmu", &ns, "eth0");
+        invoke(&p, "portmap", &net.host, &inv, &conf).unwrap().ok();
+        invoke(&p, "bridge", &net.host, &inv, &bconf).unwrap().ok();
+    }
+}
