@@ -53,6 +53,62 @@ pub struct ImagePolicy {
     pub max_age: Duration,
 }
 
+/// Images pod workers are about to use, from before a worker checks the image until its
+/// container exists (then the container keeps the image in use). A GC round that saw neither
+/// the container nor the claim could otherwise remove an image between the pull and
+/// CreateContainer; the removal checks the claims right before each image goes.
+#[derive(Default)]
+pub struct ImageClaims(std::sync::Mutex<HashMap<String, usize>>);
+
+/// A worker's claim on an image's names and ID; released when dropped.
+pub struct ImageClaim {
+    claims: Arc<ImageClaims>,
+    keys: Vec<String>,
+}
+
+impl ImageClaims {
+    pub fn claim(self: &Arc<Self>, name: &str) -> ImageClaim {
+        let mut c = ImageClaim {
+            claims: self.clone(),
+            keys: Vec::new(),
+        };
+        c.add(name);
+        c
+    }
+
+    /// Whether an image with `id` and `names` is claimed.
+    pub fn holds(&self, id: &str, names: &[String]) -> bool {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.contains_key(id) || names.iter().any(|n| m.contains_key(n))
+    }
+}
+
+impl ImageClaim {
+    /// Adds another key (the image ID once the runtime named it).
+    pub fn add(&mut self, key: &str) {
+        if key.is_empty() || self.keys.iter().any(|k| k == key) {
+            return;
+        }
+        let mut m = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(key.to_string()).or_default() += 1;
+        self.keys.push(key.to_string());
+    }
+}
+
+impl Drop for ImageClaim {
+    fn drop(&mut self) {
+        let mut m = self.claims.0.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = m.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+}
+
 /// What the pod manager knows, for the collectors: whether every source has been seen, and
 /// the UIDs the pod manager wants or has a worker for.
 #[derive(Default)]
@@ -599,6 +655,30 @@ pub struct ImageGc {
     began: i64,
 }
 
+/// The images the runtime's containers (any state) were made from: their image refs and
+/// image names.
+async fn images_of_containers(sh: &Shared) -> Result<HashSet<String>, String> {
+    let containers = sh
+        .cri
+        .runtime
+        .clone()
+        .list_containers(pb::ListContainersRequest { filter: None })
+        .await
+        .map_err(|e| format!("listing containers: {}", e.message()))?
+        .into_inner()
+        .containers;
+    let mut in_use: HashSet<String> = HashSet::new();
+    for c in &containers {
+        if !c.image_ref.is_empty() {
+            in_use.insert(c.image_ref.clone());
+        }
+        if let Some(i) = c.image.as_ref().filter(|i| !i.image.is_empty()) {
+            in_use.insert(i.image.clone());
+        }
+    }
+    Ok(in_use)
+}
+
 impl ImageGc {
     pub fn new(began: i64) -> Self {
         ImageGc {
@@ -618,24 +698,7 @@ impl ImageGc {
             .map_err(|e| format!("listing images: {}", e.message()))?
             .into_inner()
             .images;
-        let containers = sh
-            .cri
-            .runtime
-            .clone()
-            .list_containers(pb::ListContainersRequest { filter: None })
-            .await
-            .map_err(|e| format!("listing containers: {}", e.message()))?
-            .into_inner()
-            .containers;
-        let mut in_use: HashSet<String> = HashSet::new();
-        for c in &containers {
-            if !c.image_ref.is_empty() {
-                in_use.insert(c.image_ref.clone());
-            }
-            if let Some(i) = c.image.as_ref().filter(|i| !i.image.is_empty()) {
-                in_use.insert(i.image.clone());
-            }
-        }
+        let in_use = images_of_containers(sh).await?;
         let infos: Vec<ImageInfo> = images
             .into_iter()
             .map(|i| ImageInfo {
@@ -645,13 +708,18 @@ impl ImageGc {
                 pinned: i.pinned,
             })
             .collect();
+        let names: HashMap<String, Vec<String>> = infos
+            .iter()
+            .map(|i| (i.id.clone(), i.names.clone()))
+            .collect();
+        let names_of = |id: &str| names.get(id).cloned().unwrap_or_default();
         let used = detect_images(&mut self.records, &infos, &in_use, now);
         let order = eviction_order(&self.records, &used);
         let mut errors = Vec::new();
         let old = too_old(&order, now, self.began, policy.max_age);
         for id in &old {
             tracing::info!(image = %id, max_age = ?policy.max_age, "Removing image: unused for longer than imageMaximumGCAge");
-            if let Err(e) = self.remove(&mut images_client, id).await {
+            if let Err(e) = self.remove(sh, &mut images_client, id, &names_of(id)).await {
                 errors.push(e);
             }
         }
@@ -702,8 +770,12 @@ impl ImageGc {
                 break;
             }
             tracing::info!(image = %id, size, "Removing image to free bytes");
-            match self.remove(&mut images_client, &id).await {
-                Ok(()) => freed = freed.saturating_add(i64::try_from(size).unwrap_or(i64::MAX)),
+            match self
+                .remove(sh, &mut images_client, &id, &names_of(&id))
+                .await
+            {
+                Ok(true) => freed = freed.saturating_add(i64::try_from(size).unwrap_or(i64::MAX)),
+                Ok(false) => {}
                 Err(e) => errors.push(e),
             }
         }
@@ -723,11 +795,26 @@ impl ImageGc {
         Ok(())
     }
 
+    /// Removes an image unless a pod worker claimed it meanwhile (then Ok(false)).
     async fn remove(
         &mut self,
+        sh: &Shared,
         client: &mut pb::image_service_client::ImageServiceClient<crate::metrics::Instrumented>,
         id: &str,
-    ) -> Result<(), String> {
+        names: &[String],
+    ) -> Result<bool, String> {
+        // Claims first, then the containers: a worker that released its claim has its
+        // container listed by now.
+        let img = ImageInfo {
+            id: id.to_string(),
+            names: names.to_vec(),
+            size: 0,
+            pinned: false,
+        };
+        if sh.image_claims.holds(id, names) || image_used(&img, &images_of_containers(sh).await?) {
+            tracing::info!(image = %id, "not removing an image a container uses or is about to");
+            return Ok(false);
+        }
         client
             .remove_image(pb::RemoveImageRequest {
                 image: Some(pb::ImageSpec {
@@ -738,7 +825,7 @@ impl ImageGc {
             .await
             .map_err(|e| format!("removing image {id}: {}", e.message()))?;
         self.records.remove(id);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -773,6 +860,24 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn image_claims_hold_names_and_ids_until_dropped() {
+        let claims = Arc::new(ImageClaims::default());
+        let names = vec!["reg/busybox:1".to_string()];
+        assert!(!claims.holds("sha256:a", &names));
+        let mut first = claims.claim("reg/busybox:1");
+        let second = claims.claim("reg/busybox:1");
+        assert!(claims.holds("sha256:a", &names));
+        first.add("sha256:a");
+        assert!(claims.holds("sha256:a", &[]));
+        drop(first);
+        // The other worker still holds the name; the ID went with the first claim.
+        assert!(claims.holds("sha256:a", &names));
+        assert!(!claims.holds("sha256:a", &[]));
+        drop(second);
+        assert!(!claims.holds("sha256:a", &names));
+    }
 
     fn c(
         id: &str,

@@ -55,6 +55,8 @@ pub struct Shared {
     pub qos: Option<qos::Qos>,
     /// What the pod manager knows, for the garbage collectors.
     pub pod_states: gc::PodStates,
+    /// Images pod workers are about to use (image GC leaves them).
+    pub image_claims: std::sync::Arc<gc::ImageClaims>,
 }
 
 /// When this kubelet started (probe workers jitter their first probe right after a start).
@@ -261,6 +263,7 @@ async fn run(cfg: config::Config) -> Result<()> {
         last_relist: Mutex::new(Instant::now()),
         qos,
         pod_states: gc::PodStates::default(),
+        image_claims: Default::default(),
         cfg: cfg.clone(),
     });
     if let Some(l) = healthz {

@@ -529,6 +529,7 @@ impl Worker {
         &mut self,
         c: &Container,
         sandbox_cfg: &pb::PodSandboxConfig,
+        claim: &mut crate::gc::ImageClaim,
     ) -> Result<String, Reason> {
         let image = c.image.clone().unwrap_or_default();
         let policy = c
@@ -549,7 +550,7 @@ impl Worker {
             })
             .await
         {
-            Ok(r) => r.into_inner().image.is_some(),
+            Ok(r) => r.into_inner().image.inspect(|i| claim.add(&i.id)).is_some(),
             Err(e) => {
                 return Err(Reason {
                     reason: "ErrImageInspect".into(),
@@ -594,7 +595,8 @@ impl Worker {
             })
             .await
         {
-            Ok(_) => {
+            Ok(r) => {
+                claim.add(&r.into_inner().image_ref);
                 self.pull_backoff.reset(&image);
                 Ok(image)
             }
@@ -620,7 +622,12 @@ impl Worker {
     ) -> SyncResult {
         let restart_count = rt.latest(&c.name).map(|l| l.restart_count + 1).unwrap_or(0);
         let sandbox_cfg = podconfig::sandbox_config(&self.sh.cfg, &self.pod, sandbox.attempt);
-        let image = match self.ensure_image(c, &sandbox_cfg).await {
+        // Held until the container exists, so image GC does not take the image meanwhile.
+        let mut claim = self
+            .sh
+            .image_claims
+            .claim(c.image.as_deref().unwrap_or_default());
+        let image = match self.ensure_image(c, &sandbox_cfg, &mut claim).await {
             Ok(i) => i,
             Err(r) => {
                 tracing::warn!(container = %c.name, reason = %r.reason, "{}", r.message);
