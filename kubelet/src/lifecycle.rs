@@ -113,17 +113,25 @@ pub async fn kill_container(
     grace: i64,
     why: &str,
 ) -> Result<(), tonic::Status> {
-    kill_in_turn(
+    let k = Kill {
         runtime,
         spec_c,
         container_id,
         name,
         pod_ip,
-        grace,
         why,
-        None,
-    )
-    .await
+    };
+    kill_in_turn(&k, grace, None).await
+}
+
+/// One container to kill and what its hooks need.
+struct Kill<'a> {
+    runtime: &'a crate::cri::RuntimeClient,
+    spec_c: Option<&'a Container>,
+    container_id: &'a str,
+    name: &'a str,
+    pod_ip: &'a str,
+    why: &'a str,
 }
 
 /// The order in which a pod's containers stop when it has sidecars (upstream's
@@ -183,17 +191,19 @@ impl Ordering {
 
 /// [`kill_container`] within a pod's termination: after its preStop hook a sidecar waits for
 /// its turn (see [`Ordering`]) with what is left of the grace period.
-#[allow(clippy::too_many_arguments)]
 async fn kill_in_turn(
-    runtime: &crate::cri::RuntimeClient,
-    spec_c: Option<&Container>,
-    container_id: &str,
-    name: &str,
-    pod_ip: &str,
+    k: &Kill<'_>,
     grace: i64,
-    why: &str,
     ordering: Option<&Ordering>,
 ) -> Result<(), tonic::Status> {
+    let Kill {
+        runtime,
+        spec_c,
+        container_id,
+        name,
+        pod_ip,
+        why,
+    } = *k;
     let mut grace = grace.max(0);
     let started = Instant::now();
     if let Some(c) = spec_c
@@ -270,17 +280,15 @@ pub async fn kill_pod(
         let (id, name, ip) = (c.id.clone(), c.name.clone(), pod_ip.to_string());
         let ordering = ordering.clone();
         set.spawn(async move {
-            kill_in_turn(
-                &runtime,
-                spec_c.as_ref(),
-                &id,
-                &name,
-                &ip,
-                grace,
-                "",
-                ordering.as_deref(),
-            )
-            .await
+            let k = Kill {
+                runtime: &runtime,
+                spec_c: spec_c.as_ref(),
+                container_id: &id,
+                name: &name,
+                pod_ip: &ip,
+                why: "",
+            };
+            kill_in_turn(&k, grace, ordering.as_deref()).await
         });
     }
     let mut first_err = None;
