@@ -313,6 +313,49 @@ impl TestNet {
         })
     }
 
+    /// What a CRI runtime under test needs to use this network: in `bin_dir`, a wrapper per
+    /// plugin that enters the test host netns and execs the real plugin of `plugins`; in
+    /// `conf_dir`, the conflist `file` (bridge + host-local, then portmap).
+    pub fn write_runtime_cni(
+        &self,
+        plugins: &Plugins,
+        bin_dir: &std::path::Path,
+        conf_dir: &std::path::Path,
+        file: &str,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        for name in ["bridge", "host-local", "loopback", "portmap"] {
+            let real = plugins.bin(name);
+            if !real.is_file() {
+                return Err(io::Error::other(format!(
+                    "CNI plugin {} not found",
+                    real.display()
+                )));
+            }
+            let wrapper = bin_dir.join(name);
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec nsenter --net={} {} \"$@\"\n",
+                    self.host.path().display(),
+                    real.display()
+                ),
+            )?;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let mut bridge = self.bridge_conf("1.0.0");
+        if let Some(o) = bridge.as_object_mut() {
+            o.remove("cniVersion");
+            o.remove("name");
+        }
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": self.name,
+            "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": true}}],
+        });
+        std::fs::write(conf_dir.join(file), conflist.to_string())
+    }
+
     /// `<dataDir>/<network>/` entries as (file name, content), sorted.
     pub fn allocations(&self) -> Vec<(String, String)> {
         let dir = self.data_dir.path().join(&self.name);

@@ -19,7 +19,6 @@ use pb::runtime_service_client::RuntimeServiceClient;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,29 +58,12 @@ impl Keelsond {
             fs::create_dir_all(d.join(sub))?;
         }
         let plugins = Plugins::keelson()?;
-        for name in ["bridge", "host-local", "loopback", "portmap"] {
-            let wrapper = d.join("cni-bin").join(name);
-            fs::write(
-                &wrapper,
-                format!(
-                    "#!/bin/sh\nexec nsenter --net={} {} \"$@\"\n",
-                    net.host.path().display(),
-                    plugins.bin(name).display()
-                ),
-            )?;
-            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
-        }
-        let mut bridge = net.bridge_conf("1.0.0");
-        if let Some(o) = bridge.as_object_mut() {
-            o.remove("cniVersion");
-            o.remove("name");
-        }
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": net.name,
-            "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": true}}],
-        });
-        fs::write(d.join("net.d/10-kt.conflist"), conflist.to_string())?;
+        net.write_runtime_cni(
+            &plugins,
+            &d.join("cni-bin"),
+            &d.join("net.d"),
+            "10-kt.conflist",
+        )?;
         // The mount namespace holder: dies with this process (PDEATHSIG).
         let mut holder = Command::new("unshare");
         holder

@@ -20,7 +20,6 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -248,7 +247,13 @@ impl Daemon {
         for sub in ["root", "s", "net.d", "cni-bin", "cni-cache", "logs"] {
             fs::create_dir_all(d.join(sub)).with_context(|| format!("mkdir {sub}"))?;
         }
-        write_cni(d, &net, shared.plugins)?;
+        net.write_runtime_cni(
+            shared.plugins,
+            &d.join("cni-bin"),
+            &d.join("net.d"),
+            "10-bench.conflist",
+        )
+        .context("writing the CNI plugin wrappers and conflist")?;
 
         let mut holder = Command::new("unshare");
         holder
@@ -590,42 +595,6 @@ async fn probe(socket: &Path) -> Result<(Cri, String)> {
         },
         format!("{} {}", v.runtime_name, v.runtime_version),
     ))
-}
-
-/// Writes the plugin wrappers (`<dir>/cni-bin/<plugin>`: enter the test host netns, then
-/// exec the real plugin) and the conflist (`<dir>/net.d/10-bench.conflist`).
-fn write_cni(dir: &Path, net: &TestNet, plugins: &Plugins) -> Result<()> {
-    for name in ["bridge", "host-local", "loopback", "portmap"] {
-        let real = plugins.bin(name);
-        if !real.is_file() {
-            bail!("CNI plugin {} not found", real.display());
-        }
-        let wrapper = dir.join("cni-bin").join(name);
-        fs::write(
-            &wrapper,
-            format!(
-                "#!/bin/sh\nexec nsenter --net={} {} \"$@\"\n",
-                net.host.path().display(),
-                real.display()
-            ),
-        )
-        .with_context(|| format!("write {}", wrapper.display()))?;
-        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("chmod {}", wrapper.display()))?;
-    }
-    let mut bridge = net.bridge_conf("1.0.0");
-    if let Some(o) = bridge.as_object_mut() {
-        o.remove("cniVersion");
-        o.remove("name");
-    }
-    let conflist = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": net.name,
-        "plugins": [bridge, {"type": "portmap", "capabilities": {"portMappings": true}}],
-    });
-    fs::write(dir.join("net.d/10-bench.conflist"), conflist.to_string())
-        .context("write the conflist")?;
-    Ok(())
 }
 
 /// containerd's config: everything in `dir`, the CRI plugin with runc (cgroupfs), overlayfs,
