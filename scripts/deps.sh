@@ -3,7 +3,8 @@
 set -euo pipefail
 PKGS=(busybox-static runc crun iproute2 procps util-linux python3 user-mode-linux
       docker-registry skopeo umoci containerd podman containernetworking-plugins iptables nftables
-      apache2-utils libssl-dev openssl pkg-config curl)
+      apache2-utils libssl-dev openssl pkg-config curl
+      libc6-dev)   # libc.a: keelson-monitor links statically (runtime/cri/build.rs)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -180,12 +180,20 @@ fn wait_monitor_gone(handle: &MonitorHandle) {
     wait_until("the monitor to exit", || !handle.is_running());
 }
 
-fn vm_rss_kib(pid: i32) -> Option<u64> {
+fn proc_status_field(pid: i32, name: &str) -> Option<String> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == name).then(|| v.trim().to_string())
+    })
+}
+
+fn vm_rss_kib(pid: i32) -> Option<u64> {
+    proc_status_field(pid, "VmRSS")?
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -215,6 +223,11 @@ fn output_goes_to_the_cri_log_and_exit_code_to_the_exit_file() {
     assert_eq!(st.pid, handle.init_pid);
     let rss = vm_rss_kib(handle.monitor_pid);
     println!("keelson-monitor VmRSS while the container waits for start: {rss:?} KiB");
+    // One thread: no runtime, no helper threads in the loop.
+    assert_eq!(
+        proc_status_field(handle.monitor_pid, "Threads"),
+        Some("1".to_string())
+    );
     case.start();
     let exit = case.wait_exit(&handle);
     let t1 = SystemTime::now();
@@ -544,4 +557,39 @@ fn create_failure_is_reported_and_leaves_nothing() {
         Err(Error::Create(msg)) => assert!(msg.contains("no/such/dir"), "{msg}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The ELF type and program header types of an x86_64 (little-endian, 64-bit) file.
+fn elf_type_and_segments(path: &Path) -> (u16, Vec<u32>) {
+    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(data.len() >= 64 && data[..4] == *b"\x7fELF", "not ELF");
+    assert_eq!((data[4], data[5]), (2, 1), "not a 64-bit little-endian ELF");
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
+    let phoff = u64::from_le_bytes(data[32..40].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
+    let segments = (0..phnum).map(|i| u32_at(phoff + i * phentsize)).collect();
+    (u16_at(16), segments)
+}
+
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+fn the_monitor_binary_is_static_and_not_pie() {
+    const ET_EXEC: u16 = 2;
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    let (kind, segments) = elf_type_and_segments(Path::new(MONITOR));
+    assert_eq!(kind, ET_EXEC, "keelson-monitor is position-independent");
+    assert!(
+        !segments.contains(&PT_INTERP) && !segments.contains(&PT_DYNAMIC),
+        "keelson-monitor is dynamically linked (program headers {segments:?}): a library the \
+         build script has no static archive for was linked (runtime/cri/build.rs)"
+    );
+    // And it runs.
+    let out = Command::new(MONITOR)
+        .arg("--version")
+        .output()
+        .expect("run keelson-monitor");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("keelson-monitor "));
 }

@@ -162,8 +162,7 @@ fn monitor(opts: &MonitorOptions, answer: OwnedFd, devnull: OwnedFd) -> i32 {
             drop(answer);
             drop(devnull);
             tracing::info!(init_pid = sup.init_pid, "container created; monitoring");
-            trim_heap();
-            super::trim::drop_startup_pages();
+            super::trim::settle();
             sup.run();
             0
         }
@@ -330,15 +329,6 @@ fn init_tracing(diag: &fs::File) {
         .with_ansi(false)
         .with_max_level(level)
         .try_init();
-}
-
-/// Gives the heap the engine's `create` used back to the system.
-fn trim_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory of the allocator; no pointer is involved.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The container's side of stdio while the engine creates it.

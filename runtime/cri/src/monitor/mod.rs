@@ -79,6 +79,41 @@
 //!
 //! SIGCHLD and SIGUSR1 are read from a signalfd. SIGTERM, SIGINT and SIGHUP are blocked and
 //! ignored: a monitor gives up its container's exit status only by SIGKILL.
+//!
+//! # Memory
+//!
+//! There is one monitor per container, so its resident set is what keelson pays per container
+//! on top of the container itself; the target is under 1 MiB of RSS (containerd's shim is a
+//! Go process with its runtime's threads and heap). The monitor is one thread with no async runtime, and what a release build
+//! keeps resident in its loop is mostly the pages of code the loop runs, so:
+//!
+//! - `keelson-monitor` is linked statically and not as a PIE (`build.rs`; the other binaries
+//!   are not). A dynamically linked PIE keeps ld.so's and libc's data and, above all, its own
+//!   relocated `.data.rel.ro` (about 270 KiB of private copies, written at start by the
+//!   dynamic loader) resident for its whole life; libc's code it runs comes in 64 KiB
+//!   fault-around windows of a 1.4 MiB library. Static and position-dependent, the read-only
+//!   data is never written, stays the file's own (shared between monitors through the page
+//!   cache) and can be dropped, and the libc functions the loop calls lie in the monitor's
+//!   own text. Nothing the monitor does needs NSS or `dlopen`. Go links containerd's shim
+//!   the same way (not a PIE).
+//! - Once the container is created the monitor gives back what `create` used
+//!   (`trim.rs`: `malloc_trim`, then `madvise(MADV_DONTNEED)` of the clean file pages of its
+//!   read-only mappings, of anonymous pages holding only zeros, and of the stack below the
+//!   stack pointer), and does it again a few seconds into the loop, and after a log reopen or
+//!   an attach session, so that only the pages of the quiet loop stay. Code comes back in
+//!   the kernel's 64 KiB fault-around windows, which is most of what remains.
+//! - Buffers are small and allocated once: 32 KiB for reading output (never zeroed, so only
+//!   what reads fill is resident), a 16 KiB line per stream at most, the attach queues only
+//!   while a client is connected.
+//!
+//! Measured on a release build with a container writing a line every 200 ms (the monitor's
+//! smaps, one monitor running, 6 s after start): before these steps 1504 KiB RSS: 540 KiB
+//! anonymous or private dirty (272 KiB of it the relocated `.data.rel.ro`, 116 KiB heap, 60
+//! KiB stack, ld.so's and libc's data), 512 KiB of the binary's code and read-only data and
+//! 452 KiB of libc's code. After them 764 KiB RSS: 160 KiB anonymous (88 KiB heap, 32 KiB
+//! stack, 28 KiB `.data`/`.bss`), 612 KiB of the binary's file pages (448 KiB code in ~7
+//! fault-around windows, 64 KiB rodata, 100 KiB RELRO, clean), shared with every other
+//! monitor through the page cache.
 
 pub mod attach;
 mod attach_server;

@@ -14,12 +14,16 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Read buffer size for container output.
+/// Read buffer size for container output (allocated once, never zeroed: only the pages reads
+/// fill become resident).
 const READ_CHUNK: usize = 32 * 1024;
 /// Attach stdin buffered for the container beyond which clients are not read.
 const STDIN_HIGH_WATER: usize = 256 * 1024;
+/// How long after entering the loop, a log reopen or the last attach client leaving the
+/// monitor drops the pages it touched only then (see trim.rs).
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// One output of the container (a pipe's read end, or the pty master).
 pub(super) struct Output {
@@ -67,6 +71,8 @@ pub(super) struct LoopState {
     exited: Option<(WaitStatus, SystemTime)>,
     drain_until: Option<Instant>,
     log_errors: u64,
+    /// When to give back the pages the loop's first steps (or a rare event) touched.
+    trim_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy)]
@@ -81,10 +87,15 @@ enum Slot {
 impl Supervisor {
     /// Runs until the init exited and its output is drained, then writes the exit file.
     pub fn run(mut self) {
-        let mut buf = vec![0u8; READ_CHUNK];
+        let mut buf = Vec::with_capacity(READ_CHUNK);
         self.reap();
+        self.state.trim_at = Some(Instant::now() + SETTLE);
         while !self.done() {
             self.step(&mut buf);
+            if self.state.trim_at.is_some_and(|t| Instant::now() >= t) {
+                self.state.trim_at = None;
+                super::trim::settle();
+            }
         }
         self.finish();
     }
@@ -95,9 +106,13 @@ impl Supervisor {
                 || self.state.drain_until.is_some_and(|d| Instant::now() >= d))
     }
 
-    fn step(&mut self, buf: &mut [u8]) {
+    fn step(&mut self, buf: &mut Vec<u8>) {
         let stdin_room = self.state.stdin_pending.len() < STDIN_HIGH_WATER;
-        let timeout = match self.state.drain_until {
+        let wake = match (self.state.drain_until, self.state.trim_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = match wake {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now()).as_millis();
                 PollTimeout::from(u16::try_from(left.max(1)).unwrap_or(u16::MAX))
@@ -191,7 +206,11 @@ impl Supervisor {
             self.on_attach_event(e);
         }
         if let Some(srv) = &mut self.attach {
+            let before = srv.clients.len();
             srv.remove_gone();
+            if before > 0 && srv.clients.is_empty() {
+                self.state.trim_at = Some(Instant::now() + SETTLE);
+            }
         }
         // Highest index first, so the others stay valid.
         ended.sort_unstable();
@@ -208,11 +227,11 @@ impl Supervisor {
     }
 
     /// Reads once from output `i`; false at its end.
-    fn read_output(&mut self, i: usize, buf: &mut [u8]) -> bool {
+    fn read_output(&mut self, i: usize, buf: &mut Vec<u8>) -> bool {
         let Some(o) = self.outputs.get_mut(i) else {
             return true;
         };
-        let n = match nix::unistd::read(&o.fd, buf) {
+        let n = match read_into(&o.fd, buf) {
             Ok(0) => return false,
             Ok(n) => n,
             Err(Errno::EAGAIN | Errno::EINTR) => return true,
@@ -246,12 +265,17 @@ impl Supervisor {
             match self.signals.read_signal() {
                 Ok(Some(info)) => match info.ssi_signo as i32 {
                     libc::SIGCHLD => self.reap(),
-                    libc::SIGUSR1 => match self.log.reopen() {
-                        Ok(()) => tracing::info!(path = %self.log.path().display(), "log reopened"),
-                        Err(e) => {
-                            tracing::error!(path = %self.log.path().display(), error = %e, "reopening the log")
+                    libc::SIGUSR1 => {
+                        match self.log.reopen() {
+                            Ok(()) => {
+                                tracing::info!(path = %self.log.path().display(), "log reopened")
+                            }
+                            Err(e) => {
+                                tracing::error!(path = %self.log.path().display(), error = %e, "reopening the log")
+                            }
                         }
-                    },
+                        self.state.trim_at = Some(Instant::now() + SETTLE);
+                    }
                     sig => tracing::info!(signal = sig, pid = info.ssi_pid, "signal ignored"),
                 },
                 Ok(None) => return,
@@ -403,6 +427,20 @@ impl Supervisor {
         }
         let _ = std::fs::remove_file(self.state_dir.join(pidfile::PID_FILE));
     }
+}
+
+/// Reads once from `fd` into `buf`'s capacity (replacing its content), without zeroing it
+/// first.
+fn read_into(fd: &OwnedFd, buf: &mut Vec<u8>) -> nix::Result<usize> {
+    buf.clear();
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: read(2) writes at most spare.len() bytes into the vector's allocated, unused
+    // capacity, which stays valid for the call; fd is an open descriptor we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+    let n = Errno::result(n)? as usize;
+    // SAFETY: the kernel initialized the first n bytes of the capacity.
+    unsafe { buf.set_len(n) };
+    Ok(n)
 }
 
 /// Log write failures are reported, not fatal (the output is still drained, like containerd);
