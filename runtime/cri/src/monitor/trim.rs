@@ -23,34 +23,37 @@ use std::os::unix::fs::FileExt;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_FILE: u64 = 1 << 61;
 
-/// One read-only, file-backed mapping of `/proc/self/maps`.
+/// One mapping of `/proc/self/maps`: its address range.
 #[derive(Debug, PartialEq, Eq)]
 struct Mapping {
     start: usize,
     end: usize,
 }
 
+/// The mappings of a `/proc/<pid>/maps` text that `keep(perms, path)` accepts (`path` is
+/// absent for anonymous mappings).
+fn mappings(maps: impl BufRead, keep: impl Fn(&str, Option<&str>) -> bool) -> Vec<Mapping> {
+    maps.lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            // offset, dev, inode, then the path.
+            keep(perms, f.nth(3)).then_some(())?;
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: usize::from_str_radix(a, 16).ok()?,
+                end: usize::from_str_radix(b, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
 /// The read-only (`r--p` or `r-xp`) mappings of files in a `/proc/<pid>/maps` text.
 fn read_only_file_mappings(maps: impl BufRead) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    for line in maps.lines().map_while(Result::ok) {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        // offset, dev, inode, then the path (absent for anonymous mappings).
-        let path = f.nth(3);
-        if !path.is_some_and(|p| p.starts_with('/')) || !(perms == "r--p" || perms == "r-xp") {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        if let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-            out.push(Mapping { start, end });
-        }
-    }
-    out
+    mappings(maps, |perms, path| {
+        path.is_some_and(|p| p.starts_with('/')) && (perms == "r--p" || perms == "r-xp")
+    })
 }
 
 /// Runs of pages in `m` whose pagemap entries say present and file-backed.
@@ -144,24 +147,9 @@ fn trim_heap() {
 /// The private anonymous mappings (heap, `.bss`, anonymous `mmap`s; not the stack) of a
 /// `/proc/<pid>/maps` text.
 fn anonymous_mappings(maps: impl BufRead) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    for line in maps.lines().map_while(Result::ok) {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = f.nth(3);
-        if perms != "rw-p" || !matches!(path, None | Some("[heap]")) {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        if let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) {
-            out.push(Mapping { start, end });
-        }
-    }
-    out
+    mappings(maps, |perms, path| {
+        perms == "rw-p" && matches!(path, None | Some("[heap]"))
+    })
 }
 
 /// Drops the resident pages of private anonymous mappings that hold only zeros (memory
@@ -220,16 +208,7 @@ const STACK_MARGIN: usize = 16 * 1024;
 
 /// The `[stack]` mapping of a `/proc/<pid>/maps` text.
 fn stack_mapping(maps: impl BufRead) -> Option<Mapping> {
-    maps.lines().map_while(Result::ok).find_map(|line| {
-        let mut f = line.split_whitespace();
-        let range = f.next()?;
-        (f.nth(4)? == "[stack]").then_some(())?;
-        let (a, b) = range.split_once('-')?;
-        Some(Mapping {
-            start: usize::from_str_radix(a, 16).ok()?,
-            end: usize::from_str_radix(b, 16).ok()?,
-        })
-    })
+    mappings(maps, |_, path| path == Some("[stack]")).pop()
 }
 
 /// The page-aligned range of `stack` that lies more than [`STACK_MARGIN`] below `sp`.
