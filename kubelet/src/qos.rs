@@ -549,14 +549,15 @@ fn apply_v1(h: &Hier, dir: &Path, r: &Resources) -> Result<(), QosError> {
     if h.has("pids")
         && let Some(p) = r.pids
     {
-        let v = if p <= 0 {
-            "max".to_string()
-        } else {
-            p.to_string()
-        };
+        let v = max_or(p);
         write(&dir.join("pids.max"), &v)?;
     }
     Ok(())
+}
+
+/// A limit as cgroup files take it: "max" for none (0 or below).
+fn max_or(v: i64) -> String {
+    if v <= 0 { "max".into() } else { v.to_string() }
 }
 
 fn apply_v2(dir: &Path, r: &Resources) -> Result<(), QosError> {
@@ -565,27 +566,15 @@ fn apply_v2(dir: &Path, r: &Resources) -> Result<(), QosError> {
     }
     if let Some(q) = r.cpu_quota {
         let period = r.cpu_period.unwrap_or(100_000);
-        let q = if q <= 0 {
-            "max".to_string()
-        } else {
-            q.to_string()
-        };
+        let q = max_or(q);
         write(&dir.join("cpu.max"), &format!("{q} {period}"))?;
     }
     if let Some(m) = r.memory {
-        let v = if m <= 0 {
-            "max".to_string()
-        } else {
-            m.to_string()
-        };
+        let v = max_or(m);
         write(&dir.join("memory.max"), &v)?;
     }
     if let Some(p) = r.pids {
-        let v = if p <= 0 {
-            "max".to_string()
-        } else {
-            p.to_string()
-        };
+        let v = max_or(p);
         write(&dir.join("pids.max"), &v)?;
     }
     Ok(())

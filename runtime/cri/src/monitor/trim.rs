@@ -56,6 +56,13 @@ fn read_only_file_mappings(maps: impl BufRead) -> Vec<Mapping> {
     })
 }
 
+/// The page size, if the kernel tells it.
+fn page_size() -> Option<usize> {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// Runs of pages in `m` whose pagemap entries say present and file-backed.
 fn clean_runs(
     m: &Mapping,
@@ -92,10 +99,8 @@ pub fn drop_startup_pages() {
     ) else {
         return;
     };
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => return,
+    let Some(page) = page_size() else {
+        return;
     };
     let entry = |index: usize| {
         let mut buf = [0u8; 8];
@@ -165,10 +170,8 @@ fn drop_zero_pages() {
     ) else {
         return;
     };
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => return,
+    let Some(page) = page_size() else {
+        return;
     };
     let mut content = vec![0u8; page];
     let mut dropped = 0usize;
@@ -230,10 +233,8 @@ pub fn drop_dead_stack() {
     let Ok(maps) = File::open("/proc/self/maps") else {
         return;
     };
-    // SAFETY: sysconf has no preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        n if n > 0 => n as usize,
-        _ => return,
+    let Some(page) = page_size() else {
+        return;
     };
     let Some(stack) = stack_mapping(BufReader::new(maps)) else {
         return;
