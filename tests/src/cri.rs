@@ -42,6 +42,14 @@ pub struct Keelsond {
 impl Keelsond {
     /// A keelsond with a bridge + host-local (+ portmap) network on a fresh test net.
     pub fn start(hint: &str) -> io::Result<Keelsond> {
+        Keelsond::start_with_root_tmpfs(hint, None)
+    }
+
+    /// Like [`Keelsond::start`]; with `tmpfs_bytes`, keelsond's root (image store and
+    /// snapshots) is a tmpfs of that size mounted in the fixture's mount namespace, so that
+    /// what the image filesystem's statfs reports (its capacity and usage, as the kubelet's
+    /// image GC sees them) does not depend on how full the machine's disk is.
+    pub fn start_with_root_tmpfs(hint: &str, tmpfs_bytes: Option<u64>) -> io::Result<Keelsond> {
         let net = TestNet::new(hint)?;
         // Short paths: the monitors' unix sockets live below the state dir (108-byte limit).
         let dir = tempfile::Builder::new().prefix("kk").tempdir()?;
@@ -94,6 +102,23 @@ impl Keelsond {
             bin: keelsond_binary()?,
         };
         k.wait_holder()?;
+        if let Some(bytes) = tmpfs_bytes {
+            let out = Command::new("nsenter")
+                .arg(format!("--mount=/proc/{}/ns/mnt", k.holder.id()))
+                .arg("--")
+                .args(["mount", "-t", "tmpfs", "-o"])
+                .arg(format!("size={bytes},mode=0700"))
+                .arg("keelson-test-root")
+                .arg(k.root())
+                .output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!(
+                    "mounting a tmpfs on {}: {}",
+                    k.root().display(),
+                    String::from_utf8_lossy(&out.stderr)
+                )));
+            }
+        }
         k.launch()?;
         Ok(k)
     }
@@ -358,7 +383,16 @@ impl Drop for Keelsond {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        for cg in recorded_cgroups(self.dir.path()) {
+        // Read through the holder's root: with a tmpfs root, the records on it are only
+        // seen from inside the fixture's mount namespace.
+        let seen = PathBuf::from(format!("/proc/{}/root", self.holder.id()))
+            .join(self.dir.path().strip_prefix("/").unwrap_or(self.dir.path()));
+        let dir = if seen.is_dir() {
+            seen
+        } else {
+            self.dir.path().to_path_buf()
+        };
+        for cg in recorded_cgroups(&dir) {
             drain_cgroup(&cg);
         }
         let _ = self.holder.kill();
