@@ -491,6 +491,30 @@ fn family_gateway(result: &CniResult, v4: bool) -> Option<IpAddr> {
         .find_map(|i| i.gateway)
 }
 
+/// Takes the container's interface (and so the veth pair) away. It is set down and renamed
+/// to `kdel<index>` at once, which stops its traffic and frees its name for a new ADD; the
+/// deletion itself, whose cost is the kernel's wait for RCU grace periods (most of a DEL's
+/// time, see `Handle::del_link_detached`), finishes in a detached process after the DEL
+/// returns, as a deleted network namespace's links do. Where that cannot be done, the link is
+/// deleted here.
+fn remove_container_link(h: &mut Handle, l: &Link) -> Result<()> {
+    let gone = |e: &NetlinkError| e.errno() == Some(libc::ENODEV);
+    let detached = h
+        .set_flags(l.index, false, None)
+        .and_then(|()| h.set_name(l.index, &format!("kdel{:x}", l.index)))
+        .and_then(|()| h.del_link_detached(l.index));
+    match detached {
+        Ok(()) => return Ok(()),
+        Err(e) if gone(&e) => return Ok(()),
+        Err(e) => tracing::debug!("deleting {} in place: {e}", l.name),
+    }
+    match h.del_link(l.index) {
+        Ok(()) => Ok(()),
+        Err(e) if gone(&e) => Ok(()),
+        Err(e) => Err(nl(e)),
+    }
+}
+
 /// The container side of a DEL: its interface (and so the veth pair), MAC spoof check and
 /// masquerade rules.
 fn del_links(args: &Args, conf: &Value, c: &BridgeConf) -> Result<()> {
@@ -515,11 +539,7 @@ fn del_links(args: &Args, conf: &Value, c: &BridgeConf) -> Result<()> {
                         .filter(|a| !a.addr().is_loopback() && !is_link_local(a))
                         .collect();
                 }
-                match h.del_link(l.index) {
-                    Ok(()) => {}
-                    Err(e) if e.errno() == Some(libc::ENODEV) => {}
-                    Err(e) => return Err(nl(e)),
-                }
+                remove_container_link(&mut h, &l)?;
             }
             Ok(found)
         })?;
@@ -894,8 +914,8 @@ impl Plugin for Bridge {
     fn del(&self, args: &Args, conf: &Value) -> Result<()> {
         args.refuse_unknown(&["MAC"])?;
         let c = parse(conf)?;
-        // The interface's deletion (most of a DEL: the kernel's unregistering of a veth pair
-        // waits for RCU) starts first; the IPAM plugin releases the addresses meanwhile.
+        // The container side (its interface, MAC spoof check and masquerade rules) and the
+        // IPAM plugin's release of the addresses run side by side.
         std::thread::scope(|s| {
             let links = s.spawn(|| del_links(args, conf, &c));
             let pending = conf.get("ipam").map(|_| ipam::spawn(args, conf, "DEL"));

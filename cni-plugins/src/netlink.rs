@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
@@ -126,6 +126,43 @@ pub struct RouteEntry {
     pub oif: Option<u32>,
 }
 
+/// The forked side of [`Handle::del_link_detached`]: becomes a grandchild of no one's, keeps
+/// only `fd`, sends `buf` on it and exits.
+///
+/// # Safety
+/// Only to be called in a child of fork(2); it makes async-signal-safe syscalls only and never
+/// returns.
+unsafe fn detached_send(fd: RawFd, buf: &[u8]) -> ! {
+    // SAFETY: async-signal-safe syscalls in a forked child; `buf` was allocated before the fork
+    // and is only read; every path ends in _exit.
+    unsafe {
+        libc::setsid();
+        match libc::fork() {
+            0 => {}
+            -1 => {
+                // No grandchild: do it here (the parent waits for it, which is only slower).
+            }
+            _ => libc::_exit(0),
+        }
+        // Every descriptor but the socket.
+        let max = libc::c_uint::MAX;
+        let fd_u = fd as libc::c_uint;
+        let ranges = [(0, fd_u.saturating_sub(1)), (fd_u + 1, max)];
+        for (lo, hi) in ranges {
+            if lo > hi || (lo == 0 && fd_u == 0) {
+                continue;
+            }
+            if libc::syscall(libc::SYS_close_range, lo, hi, 0) != 0 {
+                for f in lo..hi.min(1024) + 1 {
+                    libc::close(f as libc::c_int);
+                }
+            }
+        }
+        libc::send(fd, buf.as_ptr().cast(), buf.len(), 0);
+        libc::_exit(0)
+    }
+}
+
 /// One rtnetlink socket of the calling thread's network namespace.
 pub struct Handle {
     sock: Socket,
@@ -150,12 +187,8 @@ impl Handle {
         Ok(Handle { sock, seq: 1 })
     }
 
-    fn request(
-        &mut self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        op: &str,
-    ) -> Result<Vec<RouteNetlinkMessage>> {
+    /// `msg` as request bytes with the next sequence number.
+    fn encode(&mut self, msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | flags;
         self.seq = self.seq.wrapping_add(1);
@@ -164,6 +197,16 @@ impl Handle {
         nl.finalize();
         let mut buf = vec![0u8; nl.buffer_len()];
         nl.serialize(&mut buf);
+        buf
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: &str,
+    ) -> Result<Vec<RouteNetlinkMessage>> {
+        let buf = self.encode(msg, flags);
         self.sock.send(&buf, 0).map_err(NetlinkError::Socket)?;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
@@ -416,6 +459,53 @@ impl Handle {
         m.header.index = index;
         self.request(RouteNetlinkMessage::DelLink(m), NLM_F_ACK, "delete link")
             .map(|_| ())
+    }
+
+    /// Renames link `index` (the kernel refuses to rename a link that is up: EBUSY).
+    pub fn set_name(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.set_link(m, &format!("rename link {index} to {name}"))
+    }
+
+    /// Deletes link `index` from a detached process and returns without waiting for it.
+    ///
+    /// Unregistering a network device waits for RCU grace periods after the kernel's own work
+    /// is done (about 18 ms for a veth pair on the 2-core test machine, nearly all of it
+    /// sleeping); the request is executed within the `send` of the process that sends it. So
+    /// this process forks, the child forks again and exits (the grandchild is nobody's child
+    /// to wait for), and the grandchild closes every descriptor but the socket (a caller
+    /// waiting for EOF on our stdout must not wait for it), sends the prepared RTM_DELLINK on
+    /// the inherited socket (it stays in the socket's network namespace whatever the thread
+    /// that forked was in) and exits. A failure there goes unreported: the caller has the link
+    /// down and renamed (see the bridge's DEL), and a link of a deleted namespace goes with it.
+    pub fn del_link_detached(&mut self, index: u32) -> Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        let buf = self.encode(RouteNetlinkMessage::DelLink(m), 0);
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: fork(2) of a possibly multi-threaded process; the child only calls
+        // async-signal-safe syscalls (setsid, fork, close_range/close, send, _exit) on memory
+        // prepared before the fork (`buf`), and never returns into Rust code.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(NetlinkError::Socket(io::Error::last_os_error())),
+            0 => {
+                // SAFETY: see above; this is the child, which ends in _exit.
+                unsafe { detached_send(fd, &buf) }
+            }
+            pid => {
+                // The first child exits right after its fork; reap it.
+                let mut status = 0;
+                // SAFETY: waitpid on our own child with a valid status pointer.
+                while unsafe { libc::waitpid(pid, &mut status, 0) } == -1
+                    && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+                {
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Adds `addr` to `index` (with the IPv4 broadcast address, as iproute2 and the reference do).

@@ -414,6 +414,21 @@ pub fn link_names(ns: &Netns) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// The link names of `ns` once they are `want`, or what they are after 10 s. Our bridge's DEL
+/// leaves the container's interface down and renamed while a detached process deletes it
+/// (see `remove_container_link` in cni-plugins/src/bridge.rs), and a deleted netns's links go
+/// in the kernel's cleanup work: both settle a moment after the call that started them.
+pub fn settled_link_names(ns: &Netns, want: &[String]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let links = link_names(ns).unwrap_or_default();
+        if links == want || std::time::Instant::now() > deadline {
+            return links;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `ip/prefix` of the global addresses of `ifname` in `ns`, sorted.
 pub fn addresses(ns: &Netns, ifname: &str) -> io::Result<Vec<String>> {
     let v = ip_json(ns, &["addr", "show", "dev", ifname])?;

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use keelson_tests::bounded;
 use keelson_tests::cni::{self, Plugins, TestNet};
@@ -204,18 +203,9 @@ fn podman_containers_reach_each_other_over_our_plugins() {
     let out = p.run(&["rm", "-f", "-t", "0", "kt-a"]);
     assert!(out.status.success());
     // podman's DEL released the address and removed the veth.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let links = cni::link_names(&p.net.host).unwrap();
-        if links == vec![p.net.bridge.clone(), "lo".to_string()] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "left behind: {links:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let want = vec![p.net.bridge.clone(), "lo".to_string()];
+    let links = cni::settled_link_names(&p.net.host, &want);
+    assert_eq!(links, want, "left behind: {links:?}");
     let left: Vec<_> = std::fs::read_dir(p.dir.path().join("ipam").join(&p.net.name))
         .unwrap()
         .flatten()

@@ -85,7 +85,8 @@ fn add_check_del_in_every_version() {
         invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &checked)
             .unwrap()
             .ok();
-        assert_eq!(cni::link_names(&c).unwrap(), vec!["lo".to_string()]);
+        let lo = vec!["lo".to_string()];
+        assert_eq!(cni::settled_link_names(&c, &lo), lo);
     }
     assert!(net.allocated_ips().is_empty());
 }
@@ -231,13 +232,7 @@ fn del_is_idempotent() {
     // Deleting a netns removes its veth end and with it the host end (asynchronously, in the
     // kernel's netns cleanup work).
     let want = vec![net.bridge.clone(), "lo".to_string()];
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut links = cni::link_names(&net.host).unwrap();
-    while links != want && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        links = cni::link_names(&net.host).unwrap();
-    }
-    assert_eq!(links, want);
+    assert_eq!(cni::settled_link_names(&net.host, &want), want);
 }
 
 #[test]
@@ -631,4 +626,81 @@ fn status_of_an_unusable_store_is_50() {
     }
     let pm = json!({"cniVersion": "1.1.0", "name": net.name, "type": "portmap"});
     invoke(&p, "portmap", &net.host, &st, &pm).unwrap().ok();
+}
+
+/// DEL frees the container's interface name before it returns (the link is down and renamed
+/// out of the way; a detached process finishes the kernel's slow unregister): an ADD of the
+/// same name right after works, and the old pair is gone a moment later.
+#[test]
+fn del_frees_the_name_at_once_and_the_old_pair_goes_after() {
+    let p = ours();
+    let net = TestNet::new("delfree").unwrap();
+    let c = Netns::new("cdelfree").unwrap();
+    let conf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", "c-delfree", &c, "eth0");
+    let host_veth = |res: &Value| -> String {
+        res["interfaces"][1]["name"]
+            .as_str()
+            .expect("host veth in the result")
+            .to_string()
+    };
+    let first = invoke(&p, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let old_veth = host_veth(&first);
+    assert!(old_veth.starts_with("veth"), "{first}");
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = first;
+    invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &inv.with_command("DEL"),
+        &with_prev,
+    )
+    .unwrap()
+    .ok();
+    let now = cni::link_names(&c).unwrap();
+    assert!(!now.contains(&"eth0".to_string()), "{now:?}");
+    assert!(net.allocated_ips().is_empty(), "{:?}", net.allocations());
+    let second = invoke(&p, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let new_veth = host_veth(&second);
+    assert_ne!(new_veth, old_veth);
+    let want = vec!["eth0".to_string(), "lo".to_string()];
+    assert_eq!(cni::settled_link_names(&c, &want), want);
+    let mut want = vec![net.bridge.clone(), "lo".to_string(), new_veth];
+    want.sort();
+    assert_eq!(cni::settled_link_names(&net.host, &want), want);
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = second;
+    invoke(
+        &p,
+        "bridge",
+        &net.host,
+        &inv.with_command("DEL"),
+        &with_prev,
+    )
+    .unwrap()
+    .ok();
+    let lo = vec!["lo".to_string()];
+    assert_eq!(cni::settled_link_names(&c, &lo), lo);
+    let want = vec![net.bridge.clone(), "lo".to_string()];
+    assert_eq!(cni::settled_link_names(&net.host, &want), want);
+}
+
+/// The plugins are linked statically and not position-independent (cni-plugins/build.rs): a
+/// plugin call is a process start, and the dynamic loader's work is a good part of one.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+fn the_plugins_are_static_and_not_pie() {
+    let p = ours();
+    for plugin in ["bridge", "host-local", "loopback", "portmap"] {
+        if let Err(e) = keelson_static_link::check_static_no_pie(&p.bin(plugin)) {
+            panic!("{e} (cni-plugins/build.rs)");
+        }
+    }
 }

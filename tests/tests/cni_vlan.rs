@@ -231,12 +231,19 @@ fn observe_access(p: &Plugins) -> Observed {
     detach(p, &net, &conf10, "c-vla", &a);
     detach(p, &net, &conf10, "c-vlb", &b);
     detach(p, &net, &conf20, "c-vlc", &c);
-    // DEL leaves the bridge and the vlan gateway (as the reference), no container port.
-    let left: Vec<String> = vlans(&net.host).into_iter().map(|(n, _)| n).collect();
+    // DEL leaves the bridge and the vlan gateway (as the reference), no container port (ours
+    // deletes the pair a moment after the DEL: see `settled_link_names`).
+    let ports = [&a.host_veth, &b.host_veth, &c.host_veth];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let left = loop {
+        let left: Vec<String> = vlans(&net.host).into_iter().map(|(n, _)| n).collect();
+        if !left.iter().any(|n| ports.contains(&n)) || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(
-        !left
-            .iter()
-            .any(|n| [&a.host_veth, &b.host_veth, &c.host_veth].contains(&n)),
+        !left.iter().any(|n| ports.contains(&n)),
         "{} left ports: {left:?}",
         p.label
     );

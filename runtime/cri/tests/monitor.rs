@@ -559,32 +559,12 @@ fn create_failure_is_reported_and_leaves_nothing() {
     }
 }
 
-/// The ELF type and program header types of an x86_64 (little-endian, 64-bit) file.
-fn elf_type_and_segments(path: &Path) -> (u16, Vec<u32>) {
-    let data = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(data.len() >= 64 && data[..4] == *b"\x7fELF", "not ELF");
-    assert_eq!((data[4], data[5]), (2, 1), "not a 64-bit little-endian ELF");
-    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().expect("4 bytes"));
-    let phoff = u64::from_le_bytes(data[32..40].try_into().expect("8 bytes")) as usize;
-    let (phentsize, phnum) = (u16_at(54) as usize, u16_at(56) as usize);
-    let segments = (0..phnum).map(|i| u32_at(phoff + i * phentsize)).collect();
-    (u16_at(16), segments)
-}
-
 #[test]
 #[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
 fn the_monitor_binary_is_static_and_not_pie() {
-    const ET_EXEC: u16 = 2;
-    const PT_DYNAMIC: u32 = 2;
-    const PT_INTERP: u32 = 3;
-    let (kind, segments) = elf_type_and_segments(Path::new(MONITOR));
-    assert_eq!(kind, ET_EXEC, "keelson-monitor is position-independent");
-    assert!(
-        !segments.contains(&PT_INTERP) && !segments.contains(&PT_DYNAMIC),
-        "keelson-monitor is dynamically linked (program headers {segments:?}): a library the \
-         build script has no static archive for was linked (runtime/cri/build.rs)"
-    );
+    if let Err(e) = keelson_static_link::check_static_no_pie(Path::new(MONITOR)) {
+        panic!("{e} (runtime/cri/build.rs)");
+    }
     // And it runs.
     let out = Command::new(MONITOR)
         .arg("--version")
