@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod image;
+pub mod live;
 pub mod mon;
 pub mod net;
 pub mod runtime;
@@ -68,6 +69,8 @@ pub struct Daemon {
     pub streams: crate::streaming::Streams,
     /// The previous CPU sample of each container and pod (for `usage_nano_cores`).
     pub cpu_samples: stats::CpuSamples,
+    /// Pidfds of the infra processes and monitors found alive ([`live`]).
+    pub live: live::Liveness,
 }
 
 /// Errors of daemon operations, mapped onto gRPC codes.
@@ -175,6 +178,7 @@ impl Daemon {
             pod_cidr: Mutex::new(String::new()),
             streams: crate::streaming::Streams::default(),
             cpu_samples: stats::CpuSamples::default(),
+            live: live::Liveness::default(),
         }))
     }
 
@@ -237,13 +241,26 @@ impl Daemon {
     }
 
     pub fn all_sandboxes(&self) -> Vec<SandboxRecord> {
-        let s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
-        s.values().cloned().collect()
+        self.sandboxes_where(|_| true)
     }
 
     pub fn all_containers(&self) -> Vec<ContainerRecord> {
+        self.containers_where(|_| true)
+    }
+
+    /// The sandbox records `keep` selects (only those are cloned).
+    pub fn sandboxes_where(&self, keep: impl Fn(&SandboxRecord) -> bool) -> Vec<SandboxRecord> {
+        let s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        s.values().filter(|r| keep(r)).cloned().collect()
+    }
+
+    /// The container records `keep` selects (only those are cloned).
+    pub fn containers_where(
+        &self,
+        keep: impl Fn(&ContainerRecord) -> bool,
+    ) -> Vec<ContainerRecord> {
         let c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
-        c.values().cloned().collect()
+        c.values().filter(|r| keep(r)).cloned().collect()
     }
 
     /// Marks `id` as watched; false if a watcher already waits on it.

@@ -76,7 +76,7 @@ impl Runtime {
                 reason: String::new(),
                 message: String::new(),
             },
-            None if mon::monitor_alive(&self.d.cfg.container_dir(&r.id)) => Observed {
+            None if self.d.live.monitor(&self.d.cfg.container_dir(&r.id)) => Observed {
                 state: pb::ContainerState::ContainerRunning,
                 finished_at: 0,
                 exit_code: 0,
@@ -97,13 +97,23 @@ impl Runtime {
     }
 
     pub(super) fn sandbox_status(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStatus> {
-        let cfg = sandbox_config(r)?;
+        self.sandbox_status_with(r, sandbox_config(r)?)
+    }
+
+    /// [`Self::sandbox_status`] with the record's config decoded already.
+    fn sandbox_status_with(
+        &self,
+        r: &SandboxRecord,
+        cfg: pb::PodSandboxConfig,
+    ) -> DResult<pb::PodSandboxStatus> {
         let nsopts = cfg
             .linux
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone());
-        let state = if r.state == SandboxState::Ready && r.infra.alive() {
+        let state = if r.state == SandboxState::Ready
+            && self.d.live.process(r.infra.pid, r.infra.start_time)
+        {
             pb::PodSandboxState::SandboxReady
         } else {
             pb::PodSandboxState::SandboxNotready
@@ -572,7 +582,9 @@ impl RuntimeService for Runtime {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| DaemonError::Invalid("container config must name an image".into()))?;
-        if sb.state != SandboxState::Ready || !sb.infra.alive() {
+        if sb.state != SandboxState::Ready
+            || !self.d.live.process(sb.infra.pid, sb.infra.start_time)
+        {
             return Err(
                 DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
             );
@@ -857,7 +869,9 @@ impl RuntimeService for Runtime {
             return Err(DaemonError::Invalid(format!("port {p} is not in 1-65535")).into());
         }
         let sb = self.d.sandbox(&req.pod_sandbox_id)?;
-        if sb.state != SandboxState::Ready || !sb.infra.alive() {
+        if sb.state != SandboxState::Ready
+            || !self.d.live.process(sb.infra.pid, sb.infra.start_time)
+        {
             return Err(
                 DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
             );
@@ -1113,17 +1127,20 @@ impl Runtime {
     fn list_sandboxes(&self, f: Option<pb::PodSandboxFilter>) -> DResult<Vec<pb::PodSandbox>> {
         let f = f.unwrap_or_default();
         let mut out = Vec::new();
-        for r in self.d.all_sandboxes() {
-            if !f.id.is_empty() && !r.id.starts_with(&f.id) {
+        // The cheap tests first (id, then the labels of the config), the state (is the infra
+        // process alive) only for what is left: the kubelet asks per pod, by its UID label.
+        for r in self
+            .d
+            .sandboxes_where(|r| f.id.is_empty() || r.id.starts_with(&f.id))
+        {
+            let cfg = sandbox_config(&r)?;
+            if !matches_labels(&cfg.labels, &f.label_selector) {
                 continue;
             }
-            let st = self.sandbox_status(&r)?;
+            let st = self.sandbox_status_with(&r, cfg)?;
             if let Some(want) = &f.state
                 && want.state != st.state
             {
-                continue;
-            }
-            if !matches_labels(&st.labels, &f.label_selector) {
                 continue;
             }
             out.push(pb::PodSandbox {
@@ -1146,20 +1163,19 @@ impl Runtime {
     ) -> DResult<Vec<pb::Container>> {
         let f = f.unwrap_or_default();
         let mut out = Vec::new();
-        for r in self.d.all_containers() {
-            if (!f.id.is_empty() && !r.id.starts_with(&f.id))
-                || (!f.pod_sandbox_id.is_empty() && !r.sandbox_id.starts_with(&f.pod_sandbox_id))
-            {
+        // As for sandboxes: ids and labels first, the observed state only for what is left.
+        for r in self.d.containers_where(|r| {
+            (f.id.is_empty() || r.id.starts_with(&f.id))
+                && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+        }) {
+            let cfg = container_config(&r)?;
+            if !matches_labels(&cfg.labels, &f.label_selector) {
                 continue;
             }
-            let cfg = container_config(&r)?;
             let state = self.observe(&r).state as i32;
             if let Some(want) = &f.state
                 && want.state != state
             {
-                continue;
-            }
-            if !matches_labels(&cfg.labels, &f.label_selector) {
                 continue;
             }
             out.push(pb::Container {
@@ -1206,7 +1222,7 @@ impl Runtime {
     /// netns's interfaces, the process count and the stats of its containers. A pod that is
     /// not ready has none (UNAVAILABLE).
     fn sandbox_stats(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStats> {
-        if r.state != SandboxState::Ready || !r.infra.alive() {
+        if r.state != SandboxState::Ready || !self.d.live.process(r.infra.pid, r.infra.start_time) {
             return Err(DaemonError::Unavailable(format!(
                 "failed to get pod sandbox stats since sandbox container {:?} is not in ready state",
                 r.id
