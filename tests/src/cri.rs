@@ -103,21 +103,7 @@ impl Keelsond {
         };
         k.wait_holder()?;
         if let Some(bytes) = tmpfs_bytes {
-            let out = Command::new("nsenter")
-                .arg(format!("--mount=/proc/{}/ns/mnt", k.holder.id()))
-                .arg("--")
-                .args(["mount", "-t", "tmpfs", "-o"])
-                .arg(format!("size={bytes},mode=0700"))
-                .arg("keelson-test-root")
-                .arg(k.root())
-                .output()?;
-            if !out.status.success() {
-                return Err(io::Error::other(format!(
-                    "mounting a tmpfs on {}: {}",
-                    k.root().display(),
-                    String::from_utf8_lossy(&out.stderr)
-                )));
-            }
+            mount_tmpfs_in(k.holder.id(), &k.root(), bytes)?;
         }
         k.launch()?;
         Ok(k)
@@ -303,6 +289,27 @@ impl Keelsond {
             .filter(|p| fs::read_link(format!("/proc/{p}/ns/mnt")).is_ok_and(|n| n == ns))
             .collect()
     }
+}
+
+/// Mounts a tmpfs of `bytes` on `path` in the mount namespace of process `ns_pid` (a fixture's
+/// holder: the mount goes with the namespace).
+pub fn mount_tmpfs_in(ns_pid: u32, path: &Path, bytes: u64) -> io::Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--mount=/proc/{ns_pid}/ns/mnt"))
+        .arg("--")
+        .args(["mount", "-t", "tmpfs", "-o"])
+        .arg(format!("size={bytes},mode=0700"))
+        .arg("keelson-test")
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "mounting a tmpfs on {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }
 
 /// Kills the tasks of a cgroup directory and removes it (deepest first is the caller's job).

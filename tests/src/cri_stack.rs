@@ -2,7 +2,8 @@
 //! built-in CRI plugin and runc.
 //!
 //! Each [`Daemon`] gets
-//! - its root, state, logs and socket in a temp dir of its own;
+//! - its root, state, logs and socket in a temp dir of its own, the state dir a tmpfs (as
+//!   /run is on a node) mounted in its mount namespace;
 //! - a mount namespace of its own, kept by a holder process (`unshare --mount --propagation
 //!   slave sleep infinity`); the daemon runs in it through `nsenter --mount`, so its overlay
 //!   rootfs, netns pins and shm mounts never reach the machine's mount table, and every
@@ -304,6 +305,13 @@ impl Daemon {
             dir,
         };
         daemon.wait_holder()?;
+        // The runtime state dir (keelsond's `--state`, containerd's `state`) on a tmpfs, as
+        // /run is on a node: on this machine /run and /tmp are ext4 without a journal, where
+        // each new inode scans the ones deleted in the last seconds, and state directories
+        // churn through many small files.
+        let state = daemon.dir.path().join("s");
+        crate::cri::mount_tmpfs_in(daemon.holder.id(), &state, 1 << 30)
+            .context("a tmpfs for the state dir")?;
         daemon.launch(shared)?;
         daemon.wait_ready(shared.ready_timeout, shared.interrupted)?;
         Ok(daemon)
