@@ -644,30 +644,28 @@ fn del_frees_the_name_at_once_and_the_old_pair_goes_after() {
             .expect("host veth in the result")
             .to_string()
     };
-    let first = invoke(&p, "bridge", &net.host, &inv, &conf)
-        .unwrap()
-        .ok()
-        .json();
+    let add = || {
+        invoke(&p, "bridge", &net.host, &inv, &conf)
+            .unwrap()
+            .ok()
+            .json()
+    };
+    let del = |res: Value| {
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = res;
+        let del = inv.with_command("DEL");
+        invoke(&p, "bridge", &net.host, &del, &with_prev)
+            .unwrap()
+            .ok();
+    };
+    let first = add();
     let old_veth = host_veth(&first);
     assert!(old_veth.starts_with("veth"), "{first}");
-    let mut with_prev = conf.clone();
-    with_prev["prevResult"] = first;
-    invoke(
-        &p,
-        "bridge",
-        &net.host,
-        &inv.with_command("DEL"),
-        &with_prev,
-    )
-    .unwrap()
-    .ok();
+    del(first);
     let now = cni::link_names(&c).unwrap();
     assert!(!now.contains(&"eth0".to_string()), "{now:?}");
     assert!(net.allocated_ips().is_empty(), "{:?}", net.allocations());
-    let second = invoke(&p, "bridge", &net.host, &inv, &conf)
-        .unwrap()
-        .ok()
-        .json();
+    let second = add();
     let new_veth = host_veth(&second);
     assert_ne!(new_veth, old_veth);
     let want = vec!["eth0".to_string(), "lo".to_string()];
@@ -675,17 +673,7 @@ fn del_frees_the_name_at_once_and_the_old_pair_goes_after() {
     let mut want = vec![net.bridge.clone(), "lo".to_string(), new_veth];
     want.sort();
     assert_eq!(cni::settled_link_names(&net.host, &want), want);
-    let mut with_prev = conf.clone();
-    with_prev["prevResult"] = second;
-    invoke(
-        &p,
-        "bridge",
-        &net.host,
-        &inv.with_command("DEL"),
-        &with_prev,
-    )
-    .unwrap()
-    .ok();
+    del(second);
     let lo = vec!["lo".to_string()];
     assert_eq!(cni::settled_link_names(&c, &lo), lo);
     let want = vec![net.bridge.clone(), "lo".to_string()];
