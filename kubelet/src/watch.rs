@@ -9,6 +9,9 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
+
+/// How long after the first event of a burst the directory is read.
+const BURST: Duration = Duration::from_millis(10);
 use tokio::io::unix::AsyncFd;
 
 struct Fd(Inotify);
@@ -118,8 +121,9 @@ impl DirWatch {
                 }
             }
         }
-        // Let the rest of a burst arrive, then drain it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the rest of a burst arrive (an editor's write + rename, a tool writing several
+        // files), then drain it. Short: every static pod's start waits for it.
+        tokio::time::sleep(BURST).await;
         if let Some(fd) = &self.fd {
             while fd.get_ref().0.read_events().is_ok_and(|e| !e.is_empty()) {}
         }
