@@ -10,9 +10,11 @@
 
 use crate::sandbox::Infra;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +59,10 @@ pub struct SandboxRecord {
     /// The `PodSandboxConfig` as the kubelet sent it (protobuf).
     #[serde(with = "b64")]
     pub config: Vec<u8>,
+    /// The labels of `config`, decoded when the record is put or loaded, so that List*
+    /// filters every record on them without decoding its config; not stored.
+    #[serde(skip)]
+    pub labels: Arc<HashMap<String, String>>,
     pub runtime_handler: String,
     pub created_at: i64,
     pub state: SandboxState,
@@ -76,6 +82,10 @@ pub struct ContainerRecord {
     /// The `ContainerConfig` as the kubelet sent it (protobuf).
     #[serde(with = "b64")]
     pub config: Vec<u8>,
+    /// The labels of `config`, decoded when the record is put or loaded, so that List*
+    /// filters every record on them without decoding its config; not stored.
+    #[serde(skip)]
+    pub labels: Arc<HashMap<String, String>>,
     /// The image as asked for, and the resolved image ID (config digest).
     pub image: String,
     pub image_id: String,
@@ -223,6 +233,7 @@ mod tests {
         let r = SandboxRecord {
             id: "abc".into(),
             config: vec![0, 1, 2, 255],
+            labels: Default::default(),
             runtime_handler: String::new(),
             created_at: 7,
             state: SandboxState::Ready,

@@ -17,6 +17,7 @@ pub mod stats;
 use crate::store::{ContainerRecord, SandboxRecord, Store};
 use keelson_image::ImageStore;
 use keelson_proto::runtime::v1 as pb;
+use prost::Message as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -157,12 +158,18 @@ impl Daemon {
         let sandboxes = store
             .sandboxes()?
             .into_iter()
-            .map(|r| (r.id.clone(), r))
+            .map(|mut r| {
+                r.labels = sandbox_labels(&r.config);
+                (r.id.clone(), r)
+            })
             .collect();
         let containers = store
             .containers()?
             .into_iter()
-            .map(|r| (r.id.clone(), r))
+            .map(|mut r| {
+                r.labels = container_labels(&r.config);
+                (r.id.clone(), r)
+            })
             .collect();
         let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(Arc::new(Daemon {
@@ -209,15 +216,17 @@ impl Daemon {
         find_by_prefix(&c, id, "container")
     }
 
-    pub fn put_sandbox(&self, r: SandboxRecord) -> DResult<()> {
+    pub fn put_sandbox(&self, mut r: SandboxRecord) -> DResult<()> {
         self.store.save_sandbox(&r).map_err(internal)?;
+        r.labels = sandbox_labels(&r.config);
         let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         s.insert(r.id.clone(), r);
         Ok(())
     }
 
-    pub fn put_container(&self, r: ContainerRecord) -> DResult<()> {
+    pub fn put_container(&self, mut r: ContainerRecord) -> DResult<()> {
         self.store.save_container(&r).map_err(internal)?;
+        r.labels = container_labels(&r.config);
         let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         c.insert(r.id.clone(), r);
         Ok(())
@@ -300,6 +309,25 @@ fn find_by_prefix<T: Clone>(m: &HashMap<String, T>, id: &str, what: &str) -> DRe
 }
 
 /// Whether `labels` has every pair of `selector`.
+/// The labels of a stored `PodSandboxConfig` (none if it does not decode: such a record is
+/// reported by whatever decodes its config next).
+fn sandbox_labels(config: &[u8]) -> Arc<HashMap<String, String>> {
+    Arc::new(
+        pb::PodSandboxConfig::decode(config)
+            .map(|c| c.labels)
+            .unwrap_or_default(),
+    )
+}
+
+/// The labels of a stored `ContainerConfig`, as [`sandbox_labels`].
+fn container_labels(config: &[u8]) -> Arc<HashMap<String, String>> {
+    Arc::new(
+        pb::ContainerConfig::decode(config)
+            .map(|c| c.labels)
+            .unwrap_or_default(),
+    )
+}
+
 pub fn matches_labels(
     labels: &HashMap<String, String>,
     selector: &HashMap<String, String>,

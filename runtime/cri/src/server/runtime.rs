@@ -399,6 +399,7 @@ impl RuntimeService for Runtime {
         let mut rec = SandboxRecord {
             id: id.clone(),
             config: cfg.encode_to_vec(),
+            labels: Default::default(),
             runtime_handler: req.runtime_handler.clone(),
             created_at: now_ns(),
             state: SandboxState::Ready,
@@ -1129,14 +1130,11 @@ impl Runtime {
         let mut out = Vec::new();
         // The cheap tests first (id, then the labels of the config), the state (is the infra
         // process alive) only for what is left: the kubelet asks per pod, by its UID label.
-        for r in self
-            .d
-            .sandboxes_where(|r| f.id.is_empty() || r.id.starts_with(&f.id))
-        {
+        for r in self.d.sandboxes_where(|r| {
+            (f.id.is_empty() || r.id.starts_with(&f.id))
+                && matches_labels(&r.labels, &f.label_selector)
+        }) {
             let cfg = sandbox_config(&r)?;
-            if !matches_labels(&cfg.labels, &f.label_selector) {
-                continue;
-            }
             let st = self.sandbox_status_with(&r, cfg)?;
             if let Some(want) = &f.state
                 && want.state != st.state
@@ -1167,11 +1165,9 @@ impl Runtime {
         for r in self.d.containers_where(|r| {
             (f.id.is_empty() || r.id.starts_with(&f.id))
                 && (f.pod_sandbox_id.is_empty() || r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                && matches_labels(&r.labels, &f.label_selector)
         }) {
             let cfg = container_config(&r)?;
-            if !matches_labels(&cfg.labels, &f.label_selector) {
-                continue;
-            }
             let state = self.observe(&r).state as i32;
             if let Some(want) = &f.state
                 && want.state != state
@@ -1452,6 +1448,7 @@ fn create_container_blocking(
         id: id.to_string(),
         sandbox_id: sb.id.clone(),
         config: config.encode_to_vec(),
+        labels: Default::default(),
         image: image_name.to_string(),
         image_id: image.id.to_string(),
         image_ref,
