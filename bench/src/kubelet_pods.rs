@@ -21,7 +21,7 @@ use keelson_proto::runtime::v1 as pb;
 use keelson_tests::CgroupScope;
 use keelson_tests::cni::Plugins;
 use keelson_tests::cri_stack::{Daemon, Images, Kind, Shared, build_images};
-use keelson_tests::kubelet::{Kubelet, NODE};
+use keelson_tests::kubelet::{Kubelet, NODE, Session};
 use keelson_tests::placement::{Placement, Relative};
 use serde_json::Value;
 
@@ -77,6 +77,9 @@ struct Args {
     /// runc for containerd's shim.
     #[arg(long, default_value = "/usr/sbin/runc")]
     runc: PathBuf,
+    /// Copy the kubelet's log (`--v 2`) here at the end, to see where a start's time went.
+    #[arg(long)]
+    kubelet_log: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -94,19 +97,12 @@ fn beside_me(name: &str, flag: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
     }
-    let me = std::env::current_exe().context("current_exe")?;
-    let bin = me
-        .parent()
-        .map(|d| d.join(name))
-        .filter(|b| b.is_file())
-        .ok_or_else(|| {
-            anyhow!(
-                "{name} not found next to {}; build it (cargo build --release --workspace \
-                 --bins) or pass --{name}",
-                me.display()
-            )
-        })?;
-    Ok(bin)
+    sys::sibling(name).ok_or_else(|| {
+        anyhow!(
+            "{name} not found next to this bench; build it (cargo build --release --workspace \
+             --bins) or pass --{name}"
+        )
+    })
 }
 
 /// keelson's CNI plugins when they are built next to this bench, else the reference plugins.
@@ -147,8 +143,10 @@ fn run(args: Args) -> Result<ExitCode> {
     let dirs: Vec<PathBuf> = placement.leaves().map(|(_, d)| d).collect();
     let images = build_images().context("build and push the images")?;
     let plugins = cni_plugins();
+    let launcher = sys::sibling("netns-exec");
     let shared = Shared {
         plugins: &plugins,
+        cni_launcher: launcher.as_deref(),
         registry_config_dir: images.certs_d.path(),
         sandbox_image: &images.pause,
         runc: &args.runc,
@@ -200,6 +198,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     let mut bench = Bench {
+        session: kl.session(),
         kl,
         images: &images,
         poll: Duration::from_millis(args.poll_ms),
@@ -253,6 +252,11 @@ fn run(args: Args) -> Result<ExitCode> {
     let removal = bench.remove_all();
 
     print_results(&batches, &loads, args.window);
+    if let Some(to) = &args.kubelet_log
+        && let Err(e) = fs::write(to, bench.kl.log())
+    {
+        eprintln!("kubelet-pods: writing {}: {e}", to.display());
+    }
     if let Err(e) = removal {
         eprintln!("kubelet-pods: removing the pods: {e:#}");
     }
@@ -293,6 +297,9 @@ impl Batch {
 
 struct Bench<'a> {
     kl: Kubelet,
+    /// One kept-alive HTTPS connection for all reads of `/pods`: a TLS handshake per read
+    /// cost the bench and the kubelet more CPU than the pods being measured.
+    session: Session,
     images: &'a Images,
     poll: Duration,
     step: Duration,
@@ -337,7 +344,9 @@ impl Bench<'_> {
                 );
             }
             std::thread::sleep(self.poll);
-            let Ok(list) = self.kl.pods() else { continue };
+            let Ok(list) = self.session.pods() else {
+                continue;
+            };
             let now = Instant::now();
             for p in list["items"].as_array().into_iter().flatten() {
                 let Some(name) = p["metadata"]["name"].as_str() else {
@@ -374,7 +383,7 @@ impl Bench<'_> {
         let end = Instant::now() + self.step;
         loop {
             let left = self
-                .kl
+                .session
                 .pods()
                 .ok()
                 .and_then(|l| l["items"].as_array().map(Vec::len));

@@ -358,3 +358,11 @@ pub fn version_line(bin: &Path, flag: &str) -> String {
         Err(e) => format!("({flag} failed: {e})"),
     }
 }
+
+/// A program built next to the running bench (`target/release/<name>` for a release bench).
+#[allow(dead_code)] // not every bench looks for one
+pub fn sibling(name: &str) -> Option<PathBuf> {
+    let me = std::env::current_exe().ok()?;
+    let p = me.parent()?.join(name);
+    p.is_file().then_some(p)
+}

@@ -316,12 +316,17 @@ impl TestNet {
     /// What a CRI runtime under test needs to use this network: in `bin_dir`, a wrapper per
     /// plugin that enters the test host netns and execs the real plugin of `plugins`; in
     /// `conf_dir`, the conflist `file` (bridge + host-local, then portmap).
+    ///
+    /// The wrapper is a shell script running `nsenter`, or with `launcher` (the benches'
+    /// `netns-exec`) a script whose `#!` line names the launcher, the netns and the plugin:
+    /// one small exec per call instead of a shell and `nsenter`.
     pub fn write_runtime_cni(
         &self,
         plugins: &Plugins,
         bin_dir: &std::path::Path,
         conf_dir: &std::path::Path,
         file: &str,
+        launcher: Option<&std::path::Path>,
     ) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         for name in ["bridge", "host-local", "loopback", "portmap"] {
@@ -333,14 +338,20 @@ impl TestNet {
                 )));
             }
             let wrapper = bin_dir.join(name);
-            std::fs::write(
-                &wrapper,
-                format!(
+            let script = match launcher {
+                Some(l) => format!(
+                    "#!{} {} {}\n",
+                    l.display(),
+                    self.host.path().display(),
+                    real.display()
+                ),
+                None => format!(
                     "#!/bin/sh\nexec nsenter --net={} {} \"$@\"\n",
                     self.host.path().display(),
                     real.display()
                 ),
-            )?;
+            };
+            std::fs::write(&wrapper, script)?;
             std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
         }
         let mut bridge = self.bridge_conf("1.0.0");

@@ -71,6 +71,7 @@ impl Keelsond {
             &d.join("cni-bin"),
             &d.join("net.d"),
             "10-kt.conflist",
+            None,
         )?;
         // The mount namespace holder: dies with this process (PDEATHSIG).
         let mut holder = Command::new("unshare");

@@ -153,6 +153,8 @@ impl Kind {
 pub struct Shared<'a> {
     /// The CNI plugin binaries (wrapped per daemon).
     pub plugins: &'a Plugins,
+    /// The interpreter of the plugin wrappers (`netns-exec`); `None`: a shell and `nsenter`.
+    pub cni_launcher: Option<&'a Path>,
     /// containerd-style `certs.d`: `<dir>/<registry>/hosts.toml`.
     pub registry_config_dir: &'a Path,
     /// containerd's `sandbox_image` (keelsond has no infra image).
@@ -253,6 +255,7 @@ impl Daemon {
             &d.join("cni-bin"),
             &d.join("net.d"),
             "10-bench.conflist",
+            shared.cni_launcher,
         )
         .context("writing the CNI plugin wrappers and conflist")?;
 

@@ -46,6 +46,7 @@ fn env() -> Env {
     let plugins = Plugins::reference();
     let shared = Shared {
         plugins: &plugins,
+        cni_launcher: None,
         registry_config_dir: images.certs_d.path(),
         sandbox_image: &images.pause,
         runc: &runc,

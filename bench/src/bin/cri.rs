@@ -193,8 +193,10 @@ fn run(args: Args) -> Result<ExitCode> {
     let placement = Placement::new(&scope, Relative::ToRoot)?;
     let cgroup_base_dirs: Vec<PathBuf> = placement.leaves().map(|(_, d)| d).collect();
     let images = build_images().context("build and push the images")?;
+    let launcher = sys::sibling("netns-exec");
     let shared = Shared {
         plugins: &plugins,
+        cni_launcher: launcher.as_deref(),
         registry_config_dir: images.certs_d.path(),
         sandbox_image: &images.pause,
         runc: &args.runc,
