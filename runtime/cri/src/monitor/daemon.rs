@@ -162,7 +162,8 @@ fn monitor(opts: &MonitorOptions, answer: OwnedFd, devnull: OwnedFd) -> i32 {
             drop(answer);
             drop(devnull);
             tracing::info!(init_pid = sup.init_pid, "container created; monitoring");
-            super::trim::settle();
+            // The start-up pages go `SETTLE` after the loop starts (supervise.rs), not here:
+            // trimming now would compete for the CPU with the container's start.
             sup.run();
             0
         }

@@ -129,9 +129,10 @@ pub fn drop_startup_pages() {
 }
 
 /// Gives back what the monitor touched since it last did: free heap, clean file pages of
-/// read-only mappings, anonymous zero pages and the dead part of the stack. Called once the
-/// container is created, and again `SETTLE` (supervise.rs) after the loop started (or after a
-/// log reopen or an attach session), so that only what the quiet loop runs stays resident.
+/// read-only mappings, anonymous zero pages and the dead part of the stack. Called `SETTLE`
+/// (supervise.rs) after the loop started, after a log reopen and after an attach session, so
+/// that only what the quiet loop runs stays resident; not while the container starts, which
+/// it would slow down.
 pub fn settle() {
     trim_heap();
     drop_zero_pages();
