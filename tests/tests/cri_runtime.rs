@@ -228,7 +228,8 @@ fn sandbox_lifecycle_network_dns_and_idempotence() {
         container_config(
             "probe",
             &image,
-            "hostname; cat /etc/resolv.conf; ip -4 addr show eth0 2>/dev/null || cat /proc/net/fib_trie",
+            "hostname; cat /etc/resolv.conf; echo lo-flags=$(cat /sys/class/net/lo/flags); \
+             ip -4 addr show eth0 2>/dev/null || cat /proc/net/fib_trie",
         ),
     );
     start(&k, &c);
@@ -243,6 +244,8 @@ fn sandbox_lifecycle_network_dns_and_idempotence() {
     assert!(out.contains("nameserver 10.96.0.10"), "{out}");
     assert!(out.contains("options ndots:5"), "{out}");
     assert!(out.contains(&ip), "{out}");
+    // `lo` is up (IFF_UP | IFF_LOOPBACK), set so by the infra process.
+    assert!(out.contains("lo-flags=0x9\n"), "{out}");
 
     // Filters.
     k.block_on(async {

@@ -1,6 +1,9 @@
-//! Pod networking through the CNI caller, as containerd's CRI plugin does it: the loopback
-//! network on `lo`, then the conf dir's default network on `eth0` with the pod's port
-//! mappings and DNS as capability arguments; DEL in reverse with the cached results.
+//! Pod networking through the CNI caller, as containerd's CRI plugin does it for `eth0`: the
+//! conf dir's default network with the pod's port mappings and DNS as capability arguments;
+//! DEL in reverse with the cached results. Unlike containerd, `lo` is not a CNI attachment:
+//! the infra process sets it up when it creates the netns (`pause.rs`), which is all the
+//! `loopback` plugin's ADD does, without a plugin process per sandbox. Sandboxes made when
+//! `lo` still was one (a cached `lo` attachment) get their loopback DEL as before.
 
 use super::{DResult, Daemon, DaemonError, blocking};
 use crate::cni::{self, Attachment, Cni, CniOptions, PodRef, PortMapping};
@@ -65,12 +68,8 @@ pub async fn setup(
             .load()
             .map_err(|e| DaemonError::Precondition(format!("network not ready: {e}")))?
             .network;
-        let lo = c
-            .loopback()
-            .map_err(|e| DaemonError::Precondition(format!("loopback network: {e}")))?;
-        let lo_att = attachment(&id, &netns, "lo", &cfg);
-        lo.add(&lo_att)
-            .map_err(|e| DaemonError::Internal(format!("setting up the pod's loopback: {e}")))?;
+        // `lo` is already up: the infra process set it up when it made the netns (what the
+        // CNI loopback plugin would do, without a process per sandbox).
         let mut att = attachment(&id, &netns, POD_IFNAME, &cfg);
         let ports = port_mappings(&cfg);
         if !ports.is_empty() {
@@ -86,7 +85,6 @@ pub async fn setup(
         let result = match net.add(&att) {
             Ok(r) => r,
             Err(e) => {
-                let _ = lo.del(&lo_att);
                 return Err(DaemonError::Internal(format!(
                     "setting up the pod network \"{}\": {e}",
                     net.name()
