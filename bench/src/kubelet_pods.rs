@@ -236,7 +236,12 @@ fn run(args: Args) -> Result<ExitCode> {
         }
         if want > running {
             match bench.batch(want - running) {
-                Ok(_) => running = want,
+                Ok(_) => {
+                    running = want;
+                    // Close the polling connection: the window measures the kubelet with
+                    // its pods, not with a client's idle TLS session.
+                    bench.session = bench.kl.session();
+                }
                 Err(e) => {
                     loads.push((want, Err(format!("{e:#}"))));
                     break;
