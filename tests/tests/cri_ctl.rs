@@ -731,10 +731,14 @@ fn pod_stats_and_interactive_streaming() {
     // On a terminal (a pty here): raw mode while it runs, the size sent to the remote tty,
     // the terminal's mode given back afterwards, the remote exit code.
     // A resize of the local terminal reaches the remote one (SIGWINCH -> resize channel).
+    // The first size travels on the resize channel too, as with kubectl, and may land just
+    // after the process started: the script waits for it (5 s at most) before printing it.
     let (out, code, restored) = exec_on_pty(
         &ctl,
         &web,
-        "stty size; i=0; while [ \"$(stty size)\" = '33 101' ] && [ $i -lt 300 ]; do \
+        "i=0; while [ \"$(stty size 2>/dev/null)\" != '33 101' ] && [ $i -lt 100 ]; do \
+         sleep 0.05; i=$((i+1)); done; stty size; \
+         i=0; while [ \"$(stty size)\" = '33 101' ] && [ $i -lt 300 ]; do \
          sleep 0.1; i=$((i+1)); done; echo now $(stty size); exit 3",
         "33 101",
     );
