@@ -96,11 +96,11 @@
 //!   cache) and can be dropped, and the libc functions the loop calls lie in the monitor's
 //!   own text. Nothing the monitor does needs NSS or `dlopen`. Go links containerd's shim
 //!   the same way (not a PIE).
-//! - Once the container is created the monitor gives back what `create` used
+//! - A few seconds into the loop the monitor gives back what `create` and the start used
 //!   (`trim.rs`: `malloc_trim`, then `madvise(MADV_DONTNEED)` of the clean file pages of its
 //!   read-only mappings, of anonymous pages holding only zeros, and of the stack below the
-//!   stack pointer), and does it again a few seconds into the loop, and after a log reopen or
-//!   an attach session, so that only the pages of the quiet loop stay. Code comes back in
+//!   stack pointer), and does it again after a log reopen or an attach session, so that only
+//!   the pages of the quiet loop stay. Not earlier: while containers start, the CPU is theirs. Code comes back in
 //!   the kernel's 64 KiB fault-around windows, which is most of what remains.
 //! - Buffers are small and allocated once: 32 KiB for reading output (never zeroed, so only
 //!   what reads fill is resident), a 16 KiB line per stream at most, the attach queues only
