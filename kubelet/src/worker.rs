@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_proto::runtime::v1 as pb;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -73,6 +74,9 @@ struct Worker {
     /// The last sync could not set the pod's volumes up (the reasons say why).
     volume_error: bool,
     probes: crate::probes::PodProbes,
+    /// Bumped by every step that may change the pod in the runtime (create, start, stop,
+    /// remove), so a sync that did none of them needs no second look at the runtime.
+    actions: AtomicU64,
 }
 
 /// Runs a pod worker until it is told to terminate and has torn the pod down; then reports
@@ -95,6 +99,7 @@ pub async fn run(
         wake_at: None,
         volume_error: false,
         probes: Default::default(),
+        actions: AtomicU64::new(0),
     };
     let mut terminate = false;
     // operation_type of kubelet_pod_worker_duration_seconds.
@@ -229,8 +234,8 @@ impl Worker {
         if !self.setup_volumes(&rt) {
             return Ok(());
         }
-        let sandbox = match rt.ready_sandbox() {
-            Some(s) => s.clone(),
+        let (sandbox, rt) = match rt.ready_sandbox() {
+            Some(s) => (s.clone(), rt),
             None => {
                 if !self.create_sandbox(&rt).await? {
                     return Ok(());
@@ -238,12 +243,14 @@ impl Worker {
                 let rt = self.cri.pod(&self.uid).await?;
                 self.publish(&rt);
                 match rt.ready_sandbox() {
-                    Some(s) => s.clone(),
+                    Some(s) => (s.clone(), rt),
                     None => return Err(tonic::Status::unavailable("the new sandbox is not ready")),
                 }
             }
         };
-        let mut rt = self.cri.pod(&self.uid).await?;
+        // `rt` is what the runtime said at the start of this sync (or right after the new
+        // sandbox): nothing since has changed the pod in the runtime.
+        let mut rt = rt;
         let ip = self.facts(&sandbox).pod_ip;
         let policy = self.policy();
         let kills = self.probes.take_kills();
@@ -253,9 +260,12 @@ impl Worker {
             rt = self.cri.pod(&self.uid).await?;
         }
         self.sync_probes(&rt, &sandbox);
+        let before = self.actions.load(Ordering::Relaxed);
         self.sync_containers(&rt, &sandbox).await?;
-        let rt = self.cri.pod(&self.uid).await?;
-        self.sync_probes(&rt, &sandbox);
+        if self.actions.load(Ordering::Relaxed) != before {
+            rt = self.cri.pod(&self.uid).await?;
+            self.sync_probes(&rt, &sandbox);
+        }
         self.publish(&rt);
         Ok(())
     }
@@ -456,6 +466,7 @@ impl Worker {
                         if !cur.hash.is_empty() && cur.hash != podconfig::container_hash(c) {
                             tracing::info!(container = %c.name, "container spec changed; killing and recreating");
                             let ip = self.facts(sandbox).pod_ip;
+                            self.actions.fetch_add(1, Ordering::Relaxed);
                             crate::lifecycle::kill_container(
                                 &self.cri.runtime,
                                 Some(c),
@@ -496,6 +507,7 @@ impl Worker {
         rt: &PodRuntime,
         sandbox: &cri::Sandbox,
     ) -> SyncResult {
+        self.actions.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}_{}", c.name, podconfig::container_hash(c));
         let now = now_ns();
         let finished = if exited.finished_at > 0 {
@@ -620,6 +632,7 @@ impl Worker {
         rt: &PodRuntime,
         sandbox: &cri::Sandbox,
     ) -> SyncResult {
+        self.actions.fetch_add(1, Ordering::Relaxed);
         let restart_count = rt.latest(&c.name).map(|l| l.restart_count + 1).unwrap_or(0);
         let sandbox_cfg = podconfig::sandbox_config(&self.sh.cfg, &self.pod, sandbox.attempt);
         // Held until the container exists, so image GC does not take the image meanwhile.
@@ -827,6 +840,7 @@ impl Worker {
     }
 
     async fn remove_container(&mut self, id: &str) -> SyncResult {
+        self.actions.fetch_add(1, Ordering::Relaxed);
         self.cri
             .runtime
             .remove_container(pb::RemoveContainerRequest {
@@ -839,6 +853,7 @@ impl Worker {
     /// Stops every running container of the pod (preStop hooks, grace period, sidecars
     /// last in reverse order).
     async fn kill_containers(&self, rt: &PodRuntime, grace: i64) -> SyncResult {
+        self.actions.fetch_add(1, Ordering::Relaxed);
         let ip = rt
             .ready_sandbox()
             .map(|s| self.facts(s).pod_ip)
