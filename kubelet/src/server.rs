@@ -71,6 +71,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // As Go's net/http (upstream's server) does: no Nagle delay, so a response written in
+        // parts does not wait for the client's delayed ACK (40 ms and more per request on a
+        // kept-alive connection).
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
         let sh = sh.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

@@ -368,6 +368,7 @@ impl Session {
         }
         let s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_nodelay(true)?;
         let tls = native_tls::TlsConnector::builder()
             .danger_accept_invalid_certs(true)
             .danger_accept_invalid_hostnames(true)
@@ -399,10 +400,9 @@ fn keep_alive_get<S: Read + Write>(
 ) -> io::Result<(u16, String, bool)> {
     use std::io::BufRead as _;
     let s = c.get_mut();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
-    )?;
+    // One write: one TLS record, one segment.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes())?;
     s.flush()?;
     let mut line = String::new();
     let next_line = |c: &mut io::BufReader<S>, line: &mut String| -> io::Result<()> {

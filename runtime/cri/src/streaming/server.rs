@@ -49,6 +49,11 @@ pub async fn serve(d: Arc<Daemon>, listener: TcpListener) {
                 continue;
             }
         };
+        // No Nagle delay (Go's default, which the kubelet's and kubectl's side expect): small
+        // frames of an interactive stream go out at once.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
         let d = d.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
