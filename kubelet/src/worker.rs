@@ -11,7 +11,7 @@ use crate::status::{self, Reason};
 use crate::{Shared, now_ns};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_proto::runtime::v1 as pb;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,6 +77,11 @@ struct Worker {
     /// Bumped by every step that may change the pod in the runtime (create, start, stop,
     /// remove), so a sync that did none of them needs no second look at the runtime.
     actions: AtomicU64,
+    /// Updates, PLEG wakes and the terminate order for this pod.
+    rx: mpsc::UnboundedReceiver<Msg>,
+    /// Updates and the terminate order taken off `rx` by [`Worker::absorb_wakes`], for the
+    /// next turn of the loop.
+    held: VecDeque<Msg>,
 }
 
 /// Runs a pod worker until it is told to terminate and has torn the pod down; then reports
@@ -84,7 +89,7 @@ struct Worker {
 pub async fn run(
     sh: Arc<Shared>,
     pod: Pod,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
     done: mpsc::UnboundedSender<String>,
 ) {
     let uid = meta(&pod).2.to_string();
@@ -100,13 +105,15 @@ pub async fn run(
         volume_error: false,
         probes: Default::default(),
         actions: AtomicU64::new(0),
+        rx,
+        held: VecDeque::new(),
     };
     let mut terminate = false;
     // operation_type of kubelet_pod_worker_duration_seconds.
     let mut op = "create";
     loop {
         // What came in while the last sync ran (an orphan's worker starts with Terminate).
-        while let Ok(m) = rx.try_recv() {
+        while let Some(m) = w.held.pop_front().or_else(|| w.rx.try_recv().ok()) {
             match m {
                 Msg::Update(p) => {
                     w.pod = *p;
@@ -130,8 +137,11 @@ pub async fn run(
         }
         let resync = Instant::now() + w.sh.cfg.sync_frequency;
         let deadline = w.wake_at.map_or(resync, |t| t.min(resync));
+        if !w.held.is_empty() {
+            continue;
+        }
         let first = tokio::select! {
-            m = rx.recv() => m.or(Some(Msg::Terminate)),
+            m = w.rx.recv() => m.or(Some(Msg::Terminate)),
             _ = tokio::time::sleep_until(deadline) => None,
             _ = w.probes.changed() => None,
         };
@@ -170,6 +180,18 @@ fn should_restart(policy: &str, exit_code: i32) -> bool {
 type SyncResult = Result<(), tonic::Status>;
 
 impl Worker {
+    /// Drops the PLEG wakes queued so far, keeping any other message for later: called right
+    /// before the worker reads the pod's state from the runtime, which then includes whatever
+    /// the events behind those wakes were about (mostly the worker's own creates and starts).
+    /// A wake that comes after still makes another sync.
+    fn absorb_wakes(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            if !matches!(m, Msg::Wake) {
+                self.held.push_back(m);
+            }
+        }
+    }
+
     fn policy(&self) -> String {
         spec(&self.pod)
             .restart_policy
@@ -240,6 +262,7 @@ impl Worker {
                 if !self.create_sandbox(&rt).await? {
                     return Ok(());
                 }
+                self.absorb_wakes();
                 let rt = self.cri.pod(&self.uid).await?;
                 self.publish(&rt);
                 match rt.ready_sandbox() {
@@ -263,6 +286,7 @@ impl Worker {
         let before = self.actions.load(Ordering::Relaxed);
         self.sync_containers(&rt, &sandbox).await?;
         if self.actions.load(Ordering::Relaxed) != before {
+            self.absorb_wakes();
             rt = self.cri.pod(&self.uid).await?;
             self.sync_probes(&rt, &sandbox);
         }
