@@ -9,10 +9,10 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
+use tokio::io::unix::AsyncFd;
 
 /// How long after the first event of a burst the directory is read.
 const BURST: Duration = Duration::from_millis(10);
-use tokio::io::unix::AsyncFd;
 
 struct Fd(Inotify);
 

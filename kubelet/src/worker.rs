@@ -13,7 +13,6 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use keelson_proto::runtime::v1 as pb;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -76,7 +75,7 @@ struct Worker {
     probes: crate::probes::PodProbes,
     /// Bumped by every step that may change the pod in the runtime (create, start, stop,
     /// remove), so a sync that did none of them needs no second look at the runtime.
-    actions: AtomicU64,
+    actions: u64,
     /// Updates, PLEG wakes and the terminate order for this pod.
     rx: mpsc::UnboundedReceiver<Msg>,
     /// Updates and the terminate order taken off `rx` by [`Worker::absorb_wakes`], for the
@@ -104,7 +103,7 @@ pub async fn run(
         wake_at: None,
         volume_error: false,
         probes: Default::default(),
-        actions: AtomicU64::new(0),
+        actions: 0,
         rx,
         held: VecDeque::new(),
     };
@@ -283,9 +282,9 @@ impl Worker {
             rt = self.cri.pod(&self.uid).await?;
         }
         self.sync_probes(&rt, &sandbox);
-        let before = self.actions.load(Ordering::Relaxed);
+        let before = self.actions;
         self.sync_containers(&rt, &sandbox).await?;
-        if self.actions.load(Ordering::Relaxed) != before {
+        if self.actions != before {
             self.absorb_wakes();
             rt = self.cri.pod(&self.uid).await?;
             self.sync_probes(&rt, &sandbox);
@@ -490,7 +489,7 @@ impl Worker {
                         if !cur.hash.is_empty() && cur.hash != podconfig::container_hash(c) {
                             tracing::info!(container = %c.name, "container spec changed; killing and recreating");
                             let ip = self.facts(sandbox).pod_ip;
-                            self.actions.fetch_add(1, Ordering::Relaxed);
+                            self.actions += 1;
                             crate::lifecycle::kill_container(
                                 &self.cri.runtime,
                                 Some(c),
@@ -531,7 +530,7 @@ impl Worker {
         rt: &PodRuntime,
         sandbox: &cri::Sandbox,
     ) -> SyncResult {
-        self.actions.fetch_add(1, Ordering::Relaxed);
+        self.actions += 1;
         let key = format!("{}_{}", c.name, podconfig::container_hash(c));
         let now = now_ns();
         let finished = if exited.finished_at > 0 {
@@ -656,7 +655,7 @@ impl Worker {
         rt: &PodRuntime,
         sandbox: &cri::Sandbox,
     ) -> SyncResult {
-        self.actions.fetch_add(1, Ordering::Relaxed);
+        self.actions += 1;
         let restart_count = rt.latest(&c.name).map(|l| l.restart_count + 1).unwrap_or(0);
         let sandbox_cfg = podconfig::sandbox_config(&self.sh.cfg, &self.pod, sandbox.attempt);
         // Held until the container exists, so image GC does not take the image meanwhile.
@@ -864,7 +863,7 @@ impl Worker {
     }
 
     async fn remove_container(&mut self, id: &str) -> SyncResult {
-        self.actions.fetch_add(1, Ordering::Relaxed);
+        self.actions += 1;
         self.cri
             .runtime
             .remove_container(pb::RemoveContainerRequest {
@@ -876,8 +875,8 @@ impl Worker {
 
     /// Stops every running container of the pod (preStop hooks, grace period, sidecars
     /// last in reverse order).
-    async fn kill_containers(&self, rt: &PodRuntime, grace: i64) -> SyncResult {
-        self.actions.fetch_add(1, Ordering::Relaxed);
+    async fn kill_containers(&mut self, rt: &PodRuntime, grace: i64) -> SyncResult {
+        self.actions += 1;
         let ip = rt
             .ready_sandbox()
             .map(|s| self.facts(s).pod_ip)

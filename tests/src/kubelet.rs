@@ -315,14 +315,7 @@ impl Kubelet {
 
     /// A TLS connection to the kubelet server, accepting its self-signed certificate.
     pub fn tls_connect(&self) -> io::Result<native_tls::TlsStream<TcpStream>> {
-        let s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let c = native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true)
-            .build()
-            .map_err(io::Error::other)?;
-        c.connect("127.0.0.1", s).map_err(io::Error::other)
+        tls_to(self.port)
     }
 
     /// The certificate chain the kubelet server presents (DER, leaf first as sent).
@@ -366,17 +359,7 @@ impl Session {
             }
             return Ok((code, body));
         }
-        let s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        s.set_nodelay(true)?;
-        let tls = native_tls::TlsConnector::builder()
-            .danger_accept_invalid_certs(true)
-            .danger_accept_invalid_hostnames(true)
-            .build()
-            .map_err(io::Error::other)?
-            .connect("127.0.0.1", s)
-            .map_err(io::Error::other)?;
-        let mut c = io::BufReader::new(tls);
+        let mut c = io::BufReader::new(tls_to(self.port)?);
         let (code, body, open) = keep_alive_get(&mut c, path)?;
         self.conn = open.then_some(c);
         Ok((code, body))
@@ -390,6 +373,21 @@ impl Session {
         }
         serde_json::from_str(&body).map_err(io::Error::other)
     }
+}
+
+/// A TLS connection to the kubelet server on 127.0.0.1:`port`, accepting its self-signed
+/// certificate.
+fn tls_to(port: u16) -> io::Result<native_tls::TlsStream<TcpStream>> {
+    let s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.set_nodelay(true)?;
+    native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .build()
+        .map_err(io::Error::other)?
+        .connect("127.0.0.1", s)
+        .map_err(io::Error::other)
 }
 
 /// One GET on a kept-alive connection: (status code, body, whether the server keeps it open).
@@ -519,13 +517,9 @@ impl Kubelet {
         }
     }
 
-    /// `/pods` as JSON.
+    /// `/pods` as JSON (on a connection of its own).
     pub fn pods(&self) -> io::Result<Value> {
-        let (code, body) = self.get("/pods")?;
-        if code != 200 {
-            return Err(io::Error::other(format!("/pods: {code} {body}")));
-        }
-        serde_json::from_str(&body).map_err(io::Error::other)
+        self.session().pods()
     }
 
     /// The pod whose manifest named it `name` (the kubelet adds `-<node>`).

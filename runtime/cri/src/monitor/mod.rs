@@ -120,7 +120,7 @@ mod attach_server;
 mod client;
 mod daemon;
 mod exit;
-mod pidfile;
+pub(crate) mod pidfile;
 mod supervise;
 mod trim;
 

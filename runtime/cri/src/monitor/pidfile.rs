@@ -66,7 +66,7 @@ pub(super) fn alive(pid: i32, start_time: u64) -> bool {
 
 /// A pidfd pinning the process recorded as (`pid`, `start_time`), if it is still that
 /// process; `None` when it is gone. The pidfd becomes readable when the process exits.
-pub(super) fn open(pid: i32, start_time: u64) -> Result<Option<OwnedFd>> {
+pub(crate) fn open(pid: i32, start_time: u64) -> Result<Option<OwnedFd>> {
     // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {

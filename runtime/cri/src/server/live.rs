@@ -4,14 +4,14 @@
 //! the whole list on each relist; checking a process the plain way reads and parses
 //! `/proc/<pid>/stat` (to compare the recorded start time), and a monitor's pid file first.
 //! With 50 pods starting at once that was the largest single item of keelsond's CPU time. So
-//! the first check of a process opens a pidfd on it and then compares the start time (the
-//! pidfd pins the process that was checked, as in `monitor/pidfile.rs`); every later check is
-//! one `poll` of that pidfd, which becomes readable when the process exits. Exited entries go
-//! at once; entries nobody asks about again are swept when the table has doubled.
+//! the first check of a process opens a pidfd on it and then compares the start time
+//! (`monitor::pidfile::open`: the pidfd pins the process that was checked); every later check
+//! is one `poll` of that pidfd, which becomes readable when the process exits. Exited entries
+//! go at once; entries nobody asks about again are swept when the table has doubled.
 
 use crate::monitor::MonitorHandle;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -63,12 +63,9 @@ impl Liveness {
                 return false;
             }
         }
-        let Some(fd) = open_pidfd(pid) else {
+        let Ok(Some(fd)) = crate::monitor::pidfile::open(pid, start_time) else {
             return false;
         };
-        if !keelson_container::state::proc_alive(pid, start_time) {
-            return false;
-        }
         let mut inner = self.lock();
         inner.processes.insert(key, fd);
         inner.sweep_if_grown();
@@ -99,17 +96,6 @@ impl Liveness {
         inner.sweep_if_grown();
         true
     }
-}
-
-/// A pidfd on `pid`, or None when there is no such process.
-fn open_pidfd(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Whether the process behind `fd` has exited (its pidfd polls readable).

@@ -218,7 +218,10 @@ impl Daemon {
 
     pub fn put_sandbox(&self, mut r: SandboxRecord) -> DResult<()> {
         self.store.save_sandbox(&r).map_err(internal)?;
-        r.labels = sandbox_labels(&r.config);
+        // A record taken from the table has them; a new one gets them here.
+        if r.labels.is_empty() {
+            r.labels = sandbox_labels(&r.config);
+        }
         let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         s.insert(r.id.clone(), r);
         Ok(())
@@ -226,7 +229,9 @@ impl Daemon {
 
     pub fn put_container(&self, mut r: ContainerRecord) -> DResult<()> {
         self.store.save_container(&r).map_err(internal)?;
-        r.labels = container_labels(&r.config);
+        if r.labels.is_empty() {
+            r.labels = container_labels(&r.config);
+        }
         let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         c.insert(r.id.clone(), r);
         Ok(())
@@ -308,7 +313,6 @@ fn find_by_prefix<T: Clone>(m: &HashMap<String, T>, id: &str, what: &str) -> DRe
     }
 }
 
-/// Whether `labels` has every pair of `selector`.
 /// The labels of a stored `PodSandboxConfig` (none if it does not decode: such a record is
 /// reported by whatever decodes its config next).
 fn sandbox_labels(config: &[u8]) -> Arc<HashMap<String, String>> {
@@ -328,6 +332,7 @@ fn container_labels(config: &[u8]) -> Arc<HashMap<String, String>> {
     )
 }
 
+/// Whether `labels` has every pair of `selector`.
 pub fn matches_labels(
     labels: &HashMap<String, String>,
     selector: &HashMap<String, String>,

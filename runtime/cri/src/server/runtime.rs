@@ -96,24 +96,19 @@ impl Runtime {
         }
     }
 
-    pub(super) fn sandbox_status(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStatus> {
-        self.sandbox_status_with(r, sandbox_config(r)?)
+    /// Whether sandbox `r` is ready: recorded so and its infra process still runs.
+    fn infra_ready(&self, r: &SandboxRecord) -> bool {
+        r.state == SandboxState::Ready && self.d.live.process(r.infra.pid, r.infra.start_time)
     }
 
-    /// [`Self::sandbox_status`] with the record's config decoded already.
-    fn sandbox_status_with(
-        &self,
-        r: &SandboxRecord,
-        cfg: pb::PodSandboxConfig,
-    ) -> DResult<pb::PodSandboxStatus> {
+    pub(super) fn sandbox_status(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStatus> {
+        let cfg = sandbox_config(r)?;
         let nsopts = cfg
             .linux
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.clone());
-        let state = if r.state == SandboxState::Ready
-            && self.d.live.process(r.infra.pid, r.infra.start_time)
-        {
+        let state = if self.infra_ready(r) {
             pb::PodSandboxState::SandboxReady
         } else {
             pb::PodSandboxState::SandboxNotready
@@ -583,9 +578,7 @@ impl RuntimeService for Runtime {
             .map(|i| i.image.clone())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| DaemonError::Invalid("container config must name an image".into()))?;
-        if sb.state != SandboxState::Ready
-            || !self.d.live.process(sb.infra.pid, sb.infra.start_time)
-        {
+        if !self.infra_ready(&sb) {
             return Err(
                 DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
             );
@@ -870,9 +863,7 @@ impl RuntimeService for Runtime {
             return Err(DaemonError::Invalid(format!("port {p} is not in 1-65535")).into());
         }
         let sb = self.d.sandbox(&req.pod_sandbox_id)?;
-        if sb.state != SandboxState::Ready
-            || !self.d.live.process(sb.infra.pid, sb.infra.start_time)
-        {
+        if !self.infra_ready(&sb) {
             return Err(
                 DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
             );
@@ -1134,8 +1125,7 @@ impl Runtime {
             (f.id.is_empty() || r.id.starts_with(&f.id))
                 && matches_labels(&r.labels, &f.label_selector)
         }) {
-            let cfg = sandbox_config(&r)?;
-            let st = self.sandbox_status_with(&r, cfg)?;
+            let st = self.sandbox_status(&r)?;
             if let Some(want) = &f.state
                 && want.state != st.state
             {
@@ -1218,7 +1208,7 @@ impl Runtime {
     /// netns's interfaces, the process count and the stats of its containers. A pod that is
     /// not ready has none (UNAVAILABLE).
     fn sandbox_stats(&self, r: &SandboxRecord) -> DResult<pb::PodSandboxStats> {
-        if r.state != SandboxState::Ready || !self.d.live.process(r.infra.pid, r.infra.start_time) {
+        if !self.infra_ready(r) {
             return Err(DaemonError::Unavailable(format!(
                 "failed to get pod sandbox stats since sandbox container {:?} is not in ready state",
                 r.id
