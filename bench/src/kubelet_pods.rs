@@ -18,18 +18,23 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use keelson_proto::runtime::v1 as pb;
+use keelson_proto::runtime::v1::runtime_service_client::RuntimeServiceClient;
 use keelson_tests::CgroupScope;
 use keelson_tests::cni::Plugins;
 use keelson_tests::cri_stack::{Daemon, Images, Kind, Shared, build_images};
 use keelson_tests::kubelet::{Kubelet, NODE, Session};
 use keelson_tests::placement::{Placement, Relative};
 use serde_json::Value;
+use tonic::transport::Channel;
 
 use crate::stats::{ms, quantile};
 
 /// The targets.
 const TARGET_P99: Duration = Duration::from_secs(1);
 const TARGET_RSS_MIB_AT_100: f64 = 30.0;
+/// A node is quiet when its CPUs are this idle over two windows in a row.
+const QUIET_WINDOW: Duration = Duration::from_millis(250);
+const QUIET_IDLE_PCT: f64 = 90.0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Runtime {
@@ -200,6 +205,8 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut bench = Bench {
         session: kl.session(),
         kl,
+        cri: daemon.cri.runtime.clone(),
+        rt: rt.handle().clone(),
         images: &images,
         poll: Duration::from_millis(args.poll_ms),
         step,
@@ -305,6 +312,9 @@ struct Bench<'a> {
     /// One kept-alive HTTPS connection for all reads of `/pods`: a TLS handshake per read
     /// cost the bench and the kubelet more CPU than the pods being measured.
     session: Session,
+    /// The runtime, asked whether a removal is over.
+    cri: RuntimeServiceClient<Channel>,
+    rt: tokio::runtime::Handle,
     images: &'a Images,
     poll: Duration,
     step: Duration,
@@ -379,6 +389,35 @@ impl Bench<'_> {
     }
 
     /// Removes every manifest and waits until the kubelet lists no pod.
+    /// Whether the runtime has no ready sandbox and no running container left.
+    fn runtime_idle(&self) -> bool {
+        let mut c = self.cri.clone();
+        self.rt.block_on(async {
+            let pods = c
+                .list_pod_sandbox(pb::ListPodSandboxRequest {
+                    filter: Some(pb::PodSandboxFilter {
+                        state: Some(pb::PodSandboxStateValue {
+                            state: pb::PodSandboxState::SandboxReady as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            let ctrs = c
+                .list_containers(pb::ListContainersRequest {
+                    filter: Some(pb::ContainerFilter {
+                        state: Some(pb::ContainerStateValue {
+                            state: pb::ContainerState::ContainerRunning as i32,
+                        }),
+                        ..Default::default()
+                    }),
+                })
+                .await;
+            matches!((pods, ctrs), (Ok(p), Ok(c))
+                if p.get_ref().items.is_empty() && c.get_ref().containers.is_empty())
+        })
+    }
+
     fn remove_all(&mut self) -> Result<()> {
         let dir = self.kl.manifests();
         for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
@@ -392,7 +431,16 @@ impl Bench<'_> {
                 .pods()
                 .ok()
                 .and_then(|l| l["items"].as_array().map(Vec::len));
-            if left == Some(0) {
+            if left == Some(0) && self.runtime_idle() {
+                // The pods left the API when their removal began, and the runtime runs
+                // none of them now; the kubelet and the runtime may still be tearing down.
+                // The next batch starts on a quiet node.
+                if !sys::wait_quiet(QUIET_WINDOW, QUIET_IDLE_PCT, self.step)? {
+                    eprintln!(
+                        "kubelet-pods: the machine was not {QUIET_IDLE_PCT} % idle within {} s of a removal",
+                        self.step.as_secs()
+                    );
+                }
                 return Ok(());
             }
             if Instant::now() > end || sys::interrupted() {

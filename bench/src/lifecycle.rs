@@ -4,6 +4,7 @@
 
 mod report;
 mod stats;
+#[allow(dead_code)]
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -366,3 +366,51 @@ pub fn sibling(name: &str) -> Option<PathBuf> {
     let p = me.parent()?.join(name);
     p.is_file().then_some(p)
 }
+
+/// Busy and total jiffies of all CPUs (`cpu` line of /proc/stat).
+fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().context("a field of /proc/stat's cpu line"))
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user/nice).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Waits until the machine is quiet, that is every CPU at least `idle_pct` % idle over
+/// `window`, twice in a row, or `limit` passes. Returns whether it got quiet. Used before a
+/// timed batch so that it does not share the CPUs with the tail of the previous one (a
+/// runtime and a kubelet finish a removal after the pods have left the API).
+pub fn wait_quiet(window: Duration, idle_pct: f64, limit: Duration) -> Result<bool> {
+    let end = Instant::now() + limit;
+    let mut quiet_in_a_row = 0;
+    let mut last = cpu_jiffies()?;
+    while Instant::now() < end && !interrupted() {
+        std::thread::sleep(window);
+        let now = cpu_jiffies()?;
+        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        last = now;
+        let idle = if total == 0 {
+            100.0
+        } else {
+            100.0 * (total - busy) as f64 / total as f64
+        };
+        quiet_in_a_row = if idle >= idle_pct {
+            quiet_in_a_row + 1
+        } else {
+            0
+        };
+        if quiet_in_a_row >= 2 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -460,28 +460,47 @@ impl Qos {
         Ok(())
     }
 
-    /// The pod cgroups that exist: pod UID → cgroup name.
+    /// The three classes' parents a pod cgroup can sit under (Guaranteed pods directly below
+    /// `kubepods`).
+    fn class_parents(&self) -> [String; 3] {
+        [
+            self.name(KUBEPODS),
+            self.name(&format!("{KUBEPODS}/{BURSTABLE}")),
+            self.name(&format!("{KUBEPODS}/{BESTEFFORT}")),
+        ]
+    }
+
+    /// The pod cgroups that exist: pod UID → cgroup name. One readdir per class parent and
+    /// hierarchy; the entry's type comes from readdir, so no entry is looked up.
     pub fn pod_cgroups(&self) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        for rel in [
-            KUBEPODS.to_string(),
-            format!("{KUBEPODS}/{BURSTABLE}"),
-            format!("{KUBEPODS}/{BESTEFFORT}"),
-        ] {
-            let name = self.name(&rel);
+        for name in self.class_parents() {
             for (_, dir, _) in self.dirs(&name).unwrap_or_default() {
                 for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                     let f = e.file_name();
                     let Some(uid) = f.to_str().and_then(|s| s.strip_prefix("pod")) else {
                         continue;
                     };
-                    if e.path().is_dir() && !uid.is_empty() {
+                    if !uid.is_empty() && e.file_type().is_ok_and(|t| t.is_dir()) {
                         out.insert(uid.to_string(), format!("{name}/pod{uid}"));
                     }
                 }
             }
         }
         out
+    }
+
+    /// The cgroup of pod `uid` if it exists in any hierarchy: a lookup of the at most three
+    /// places it can be, not a listing of every pod's.
+    pub fn pod_cgroup(&self, uid: &str) -> Option<String> {
+        if uid.is_empty() || uid.contains('/') {
+            return None;
+        }
+        self.class_parents().into_iter().find_map(|parent| {
+            let name = format!("{parent}/pod{uid}");
+            let dirs = self.dirs(&name).ok()?;
+            dirs.iter().any(|(_, d, _)| d.is_dir()).then_some(name)
+        })
     }
 }
 

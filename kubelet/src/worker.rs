@@ -843,7 +843,7 @@ impl Worker {
         let uid = self.uid.clone();
         let r = tokio::task::spawn_blocking(move || {
             let q = sh.qos.as_ref()?;
-            let name = q.pod_cgroups().remove(&uid)?;
+            let name = q.pod_cgroup(&uid)?;
             Some(q.destroy(&name).map(|()| name))
         })
         .await;

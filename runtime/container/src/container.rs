@@ -33,6 +33,9 @@ pub struct CreateOptions {
     pub no_new_keyring: bool,
     /// Descriptors 3 .. 3+N of the caller passed to the container.
     pub preserve_fds: u32,
+    /// The cgroup layout as the caller discovered it (it must be in the caller's cgroups);
+    /// discovered here when `None`.
+    pub layout: Option<Layout>,
 }
 
 /// Container ids: what runc accepts (letters, digits, `_+-.`), not `.` or `..`.
@@ -114,7 +117,10 @@ pub fn create_with_config(root: &Path, opts: &CreateOptions, cfg: config::Config
         .linux()
         .as_ref()
         .ok_or_else(|| Error::Config("linux must be set".into()))?;
-    let layout = Layout::discover()?;
+    let layout = match &opts.layout {
+        Some(l) => l.clone(),
+        None => Layout::discover()?,
+    };
     let mut cgroups = layout.resolve(linux.cgroups_path().as_deref(), &opts.id)?;
 
     fs::DirBuilder::new()

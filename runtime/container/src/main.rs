@@ -336,6 +336,7 @@ fn create_opts(a: &CreateArgs) -> Result<CreateOptions> {
         console_socket: a.console_socket.clone(),
         no_new_keyring: a.no_new_keyring,
         preserve_fds: a.preserve_fds,
+        layout: None,
     })
 }
 

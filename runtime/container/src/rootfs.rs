@@ -104,15 +104,59 @@ fn is_bind(m: &Mount) -> bool {
 /// `getParentMount` finds it) must not be shared: the rootfs bind mount made on it would be
 /// shared too, and pivot_root refuses a shared new root or parent (EINVAL).
 fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
+    let mp = match mount_point_by_statx(rootfs) {
+        Some(mp) => Some(mp),
+        None => mount_point_by_mountinfo(rootfs)?,
+    };
+    if let Some(mp) = mp {
+        mount(NONE, &mp, NONE, MsFlags::MS_PRIVATE, NONE)
+            .ctx(|| format!("making {} private", mp.display()))?;
+    }
+    Ok(())
+}
+
+/// The deepest mount point at or above `path`: the first of its (canonical) ancestors that
+/// statx marks as a mount root. A few statx calls, where mountinfo has every mount of the
+/// namespace (several per pod on a node). `None` when the kernel does not report mount roots
+/// (before 5.8) or a lookup fails.
+fn mount_point_by_statx(path: &Path) -> Option<PathBuf> {
+    let canon = fs::canonicalize(path).ok()?;
+    for p in canon.ancestors() {
+        let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: an all-zero statx is a valid value of this plain C struct.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statx buffer that
+        // outlives the call.
+        let rc = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                libc::STATX_BASIC_STATS,
+                &mut st,
+            )
+        };
+        let flag = libc::STATX_ATTR_MOUNT_ROOT as u64;
+        if rc != 0 || st.stx_attributes_mask & flag == 0 {
+            return None;
+        }
+        if st.stx_attributes & flag != 0 {
+            return Some(p.to_path_buf());
+        }
+    }
+    None
+}
+
+/// The same from /proc/self/mountinfo: the longest mount point `path` is within.
+fn mount_point_by_mountinfo(path: &Path) -> Result<Option<PathBuf>> {
     let info = fs::read_to_string("/proc/self/mountinfo").ctx(|| "reading mountinfo")?;
-    let parent = rootfs;
     let mut best: Option<PathBuf> = None;
     for line in info.lines() {
         let Some(mp) = line.split(' ').nth(4) else {
             continue;
         };
         let mp = PathBuf::from(mp);
-        if is_within(&mp, parent)
+        if is_within(&mp, path)
             && best
                 .as_ref()
                 .is_none_or(|b| mp.as_os_str().len() > b.as_os_str().len())
@@ -120,11 +164,7 @@ fn make_parent_mount_private(rootfs: &Path) -> Result<()> {
             best = Some(mp);
         }
     }
-    if let Some(mp) = best {
-        mount(NONE, &mp, NONE, MsFlags::MS_PRIVATE, NONE)
-            .ctx(|| format!("making {} private", mp.display()))?;
-    }
-    Ok(())
+    Ok(best)
 }
 
 /// Resolves a destination inside the rootfs and creates it as a directory or an empty file.
@@ -693,4 +733,41 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways of finding the mount a path lives on agree, for mount points, paths below
+    /// them and the root (read-only: nothing is mounted).
+    #[test]
+    fn statx_and_mountinfo_find_the_same_mount() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a/b");
+        fs::create_dir_all(&deep).expect("mkdir");
+        let mut checked = 0;
+        for p in [
+            Path::new("/"),
+            Path::new("/proc"),
+            Path::new("/proc/sys/kernel"),
+            Path::new("/sys/fs/cgroup"),
+            Path::new("/dev"),
+            deep.as_path(),
+        ] {
+            let Some(by_statx) = mount_point_by_statx(p) else {
+                continue;
+            };
+            let canon = fs::canonicalize(p).expect("canonicalize");
+            let by_table = mount_point_by_mountinfo(&canon).expect("mountinfo");
+            assert_eq!(Some(by_statx.clone()), by_table, "{}", p.display());
+            assert!(is_within(&by_statx, &canon), "{}", p.display());
+            checked += 1;
+        }
+        assert!(checked > 0, "statx reports no mount roots on this kernel");
+        assert_eq!(
+            mount_point_by_statx(Path::new("/proc")).as_deref(),
+            Some(Path::new("/proc"))
+        );
+    }
 }

@@ -114,7 +114,12 @@ impl Infra {
 
 /// Starts the infra process of a sandbox and pins its namespaces. On any failure everything
 /// made so far is undone.
-pub fn start(pause_bin: &Path, state_dir: &Path, spec: &InfraSpec) -> Result<Infra> {
+pub fn start(
+    pause_bin: &Path,
+    state_dir: &Path,
+    layout: &Layout,
+    spec: &InfraSpec,
+) -> Result<Infra> {
     let dir = state_dir.join("sandboxes").join(&spec.id);
     fs::create_dir_all(dir.join("ns")).map_err(io_ctx(format!("creating {}", dir.display())))?;
     let mut infra = Infra {
@@ -124,7 +129,7 @@ pub fn start(pause_bin: &Path, state_dir: &Path, spec: &InfraSpec) -> Result<Inf
         hosts_file: dir.join("hosts"),
         ..Infra::default()
     };
-    match start_inner(pause_bin, spec, &mut infra) {
+    match start_inner(pause_bin, layout, spec, &mut infra) {
         Ok(()) => Ok(infra),
         Err(e) => {
             if let Err(undo) = remove(&infra) {
@@ -135,7 +140,12 @@ pub fn start(pause_bin: &Path, state_dir: &Path, spec: &InfraSpec) -> Result<Inf
     }
 }
 
-fn start_inner(pause_bin: &Path, spec: &InfraSpec, infra: &mut Infra) -> Result<()> {
+fn start_inner(
+    pause_bin: &Path,
+    layout: &Layout,
+    spec: &InfraSpec,
+    infra: &mut Infra,
+) -> Result<()> {
     write_files(spec, infra)?;
     // The pod's /dev/shm, shared by its containers (they share the IPC namespace too).
     let shm = infra.dir.join("shm");
@@ -214,7 +224,7 @@ fn start_inner(pause_bin: &Path, spec: &InfraSpec, infra: &mut Infra) -> Result<
     } else {
         Path::new(&spec.cgroup_parent).join(&spec.id)
     };
-    let mut cg = Layout::discover()?.resolve(Some(&path), &spec.id)?;
+    let mut cg = layout.resolve(Some(&path), &spec.id)?;
     cg.create(None, &cgroups::default_allowed_devices())?;
     infra.cgroups = Some(cg.clone());
     cg.add_pid(pid)?;

@@ -63,6 +63,10 @@ pub struct SandboxRecord {
     /// filters every record on them without decoding its config; not stored.
     #[serde(skip)]
     pub labels: Arc<HashMap<String, String>>,
+    /// The metadata of `config` (name, namespace, uid, attempt), decoded with the labels, so
+    /// that RunPodSandbox finds a reserved name without decoding every record; not stored.
+    #[serde(skip)]
+    pub metadata: Option<Arc<keelson_proto::runtime::v1::PodSandboxMetadata>>,
     pub runtime_handler: String,
     pub created_at: i64,
     pub state: SandboxState,
@@ -234,6 +238,7 @@ mod tests {
             id: "abc".into(),
             config: vec![0, 1, 2, 255],
             labels: Default::default(),
+            metadata: None,
             runtime_handler: String::new(),
             created_at: 7,
             state: SandboxState::Ready,

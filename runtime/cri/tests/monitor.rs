@@ -5,6 +5,7 @@
 //! Runs as root. Every test deletes its container (engine delete --force) and kills its monitor
 //! when it ends, also on failure (`Guard`), and uses a cgroup scope below this process's own.
 
+use keelson_container::cgroups::Layout;
 use keelson_container::container;
 use keelson_cri::crilog::{self, Record, Stream, Tag};
 use keelson_cri::monitor::attach::{AttachClient, Output};
@@ -203,8 +204,25 @@ fn output_goes_to_the_cri_log_and_exit_code_to_the_exit_file() {
         &["sh", "-c", "echo out; echo err >&2; sleep 0.2; exit 3"],
     );
     let t0 = SystemTime::now();
-    let (_guard, handle) = case.spawn(&case.opts());
+    // The layout as keelsond hands it over (discovered once, passed as JSON).
+    let opts = MonitorOptions {
+        cgroup_layout: Some(Layout::discover().expect("cgroup layout")),
+        ..case.opts()
+    };
+    let (_guard, handle) = case.spawn(&opts);
     assert_ne!(handle.monitor_pid, std::process::id() as i32);
+    // The init is in the bundle's cgroup, resolved with that layout.
+    let pid = handle.init_pid.to_string();
+    let dirs = case.scope.existing_dirs();
+    assert!(!dirs.is_empty());
+    for d in &dirs {
+        let procs = fs::read_to_string(d.join("cgroup.procs")).expect("cgroup.procs");
+        assert!(
+            procs.lines().any(|l| l == pid),
+            "init {pid} not in {}",
+            d.display()
+        );
+    }
     assert!(handle.is_running());
     // Detached: its own session, not a child of this process.
     assert_eq!(
@@ -548,6 +566,20 @@ fn create_failure_is_reported_and_leaves_nothing() {
             "monitor {pid} still runs"
         );
     }
+    // A malformed layout is refused by name before anything is made.
+    let out = Command::new(MONITOR)
+        .args(case.opts().args())
+        .args(["--cgroup-layout", "{\"hierarchies\": 3}"])
+        .output()
+        .expect("run the monitor");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cgroup-layout") && err.contains("not a cgroup layout"),
+        "{err}"
+    );
+    assert!(!case.state_dir().join(monitor::PID_FILE).exists());
+    assert!(container::state(&case.root(), &case.id).is_err());
     // A bad option is refused the same way.
     let missing = MonitorOptions {
         log_path: case.tmp.path().join("no/such/dir/c.log"),

@@ -18,7 +18,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 /// One mounted hierarchy of the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hierarchy {
     pub v2: bool,
     /// v1 controllers (and `name=...`) of this hierarchy; empty for v2.
@@ -30,8 +30,10 @@ pub struct Hierarchy {
     pub own: PathBuf,
 }
 
-/// The host's cgroup layout.
-#[derive(Debug, Clone)]
+/// The host's cgroup layout. A caller that creates many containers discovers it once and
+/// hands it to [`crate::container::create`] (`CreateOptions::layout`): reading mountinfo costs
+/// more with every mount, and a node has several per pod.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     pub hierarchies: Vec<Hierarchy>,
     /// True when resources are applied through cgroup v2 (no v1 controller is mounted).

@@ -1,12 +1,13 @@
 //! `keelson-monitor`: keelsond's per-container monitor (see `keelson_cri::monitor`).
 //!
 //! `keelson-monitor create --root <engine root> --id <id> --bundle <dir> --log-path <file>
-//! --exit-file <file> --state-dir <dir> [--stdin] [--stdin-once] [--tty]` creates the container
-//! and returns once it is created (printing one JSON line: monitor pid, its start time, the
-//! init's pid) or fails with the reason on stderr; a detached monitor process stays behind,
-//! logging the container's output and recording its exit.
+//! --exit-file <file> --state-dir <dir> [--stdin] [--stdin-once] [--tty] [--cgroup-layout <json>]`
+//! creates the container and returns once it is created (printing one JSON line: monitor pid,
+//! its start time, the init's pid) or fails with the reason on stderr; a detached monitor
+//! process stays behind, logging the container's output and recording its exit.
 
 use clap::{Args, Parser, Subcommand};
+use keelson_container::cgroups::Layout;
 use keelson_cri::monitor::{self, MonitorOptions};
 use std::path::PathBuf;
 
@@ -56,6 +57,13 @@ struct CreateArgs {
     /// The container has a terminal (process.terminal in its config)
     #[arg(long)]
     tty: bool,
+    /// The cgroup layout (JSON) the caller discovered; read from mountinfo when absent
+    #[arg(long, value_parser = parse_layout)]
+    cgroup_layout: Option<Layout>,
+}
+
+fn parse_layout(s: &str) -> Result<Layout, String> {
+    serde_json::from_str(s).map_err(|e| format!("not a cgroup layout: {e}"))
 }
 
 fn main() {
@@ -72,6 +80,7 @@ fn main() {
             stdin: a.stdin,
             stdin_once: a.stdin_once,
             tty: a.tty,
+            cgroup_layout: a.cgroup_layout,
         }),
     };
     std::process::exit(code);

@@ -3,6 +3,7 @@
 
 use super::pidfile::{self, PidRecord};
 use super::{Error, ExitStatus, Result, attach, exit};
+use keelson_container::cgroups::Layout;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ pub struct MonitorOptions {
     pub stdin_once: bool,
     /// `--tty`: the container has a terminal (its config must say `process.terminal`).
     pub tty: bool,
+    /// `--cgroup-layout`: the cgroup layout keelsond discovered (JSON), so the monitor does
+    /// not read mountinfo again; the monitor discovers it when `None`.
+    pub cgroup_layout: Option<Layout>,
 }
 
 impl MonitorOptions {
@@ -52,6 +56,13 @@ impl MonitorOptions {
         pair("--log-path", &self.log_path);
         pair("--exit-file", &self.exit_file);
         pair("--state-dir", &self.state_dir);
+        if let Some(l) = &self.cgroup_layout {
+            // A layout always serializes (plain strings, paths and bools).
+            if let Ok(json) = serde_json::to_string(l) {
+                a.push("--cgroup-layout".into());
+                a.push(json.into());
+            }
+        }
         for (on, flag) in [
             (self.stdin, "--stdin"),
             (self.stdin_once, "--stdin-once"),

@@ -85,6 +85,7 @@ fn absolute(opts: &MonitorOptions) -> std::io::Result<MonitorOptions> {
         stdin: opts.stdin,
         stdin_once: opts.stdin_once,
         tty: opts.tty,
+        cgroup_layout: opts.cgroup_layout.clone(),
     })
 }
 
@@ -246,6 +247,7 @@ fn setup(opts: &MonitorOptions, devnull: &OwnedFd) -> Result<Supervisor, String>
             id: opts.id.clone(),
             bundle: opts.bundle.clone(),
             console_socket,
+            layout: opts.cgroup_layout.clone(),
             ..Default::default()
         },
     );

@@ -72,6 +72,10 @@ pub struct Daemon {
     pub cpu_samples: stats::CpuSamples,
     /// Pidfds of the infra processes and monitors found alive ([`live`]).
     pub live: live::Liveness,
+    /// The cgroup hierarchies and keelsond's own cgroups, read once at start (mountinfo
+    /// grows with every pod, and each read of it costs more); monitors get it too. A change
+    /// of the host's cgroup mounts needs a restart, as containerd's cgroup mode does.
+    pub cgroup_layout: keelson_container::cgroups::Layout,
 }
 
 /// Errors of daemon operations, mapped onto gRPC codes.
@@ -159,7 +163,7 @@ impl Daemon {
             .sandboxes()?
             .into_iter()
             .map(|mut r| {
-                r.labels = sandbox_labels(&r.config);
+                decode_sandbox_facts(&mut r);
                 (r.id.clone(), r)
             })
             .collect();
@@ -172,6 +176,8 @@ impl Daemon {
             })
             .collect();
         let (events, _) = tokio::sync::broadcast::channel(1024);
+        let cgroup_layout =
+            keelson_container::cgroups::Layout::discover().context("reading the cgroup layout")?;
         Ok(Arc::new(Daemon {
             cfg,
             store,
@@ -186,6 +192,7 @@ impl Daemon {
             streams: crate::streaming::Streams::default(),
             cpu_samples: stats::CpuSamples::default(),
             live: live::Liveness::default(),
+            cgroup_layout,
         }))
     }
 
@@ -219,8 +226,8 @@ impl Daemon {
     pub fn put_sandbox(&self, mut r: SandboxRecord) -> DResult<()> {
         self.store.save_sandbox(&r).map_err(internal)?;
         // A record taken from the table has them; a new one gets them here.
-        if r.labels.is_empty() {
-            r.labels = sandbox_labels(&r.config);
+        if r.metadata.is_none() {
+            decode_sandbox_facts(&mut r);
         }
         let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         s.insert(r.id.clone(), r);
@@ -313,14 +320,12 @@ fn find_by_prefix<T: Clone>(m: &HashMap<String, T>, id: &str, what: &str) -> DRe
     }
 }
 
-/// The labels of a stored `PodSandboxConfig` (none if it does not decode: such a record is
-/// reported by whatever decodes its config next).
-fn sandbox_labels(config: &[u8]) -> Arc<HashMap<String, String>> {
-    Arc::new(
-        pb::PodSandboxConfig::decode(config)
-            .map(|c| c.labels)
-            .unwrap_or_default(),
-    )
+/// The labels and metadata of a stored `PodSandboxConfig` (none if it does not decode: such
+/// a record is reported by whatever decodes its config next).
+fn decode_sandbox_facts(r: &mut SandboxRecord) {
+    let c = pb::PodSandboxConfig::decode(r.config.as_slice()).unwrap_or_default();
+    r.labels = Arc::new(c.labels);
+    r.metadata = c.metadata.map(Arc::new);
 }
 
 /// The labels of a stored `ContainerConfig`, as [`sandbox_labels`].

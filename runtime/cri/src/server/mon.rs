@@ -88,6 +88,7 @@ pub fn create(
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,
+        cgroup_layout: Some(d.cgroup_layout.clone()),
     };
     monitor::spawn(&opts)
         .map(|_| ())

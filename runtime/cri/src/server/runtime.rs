@@ -8,7 +8,7 @@ use crate::server::{mon, net, stats};
 use crate::spec;
 use crate::store::{ContainerRecord, ProcessUser, SandboxRecord, SandboxState};
 use crate::streaming;
-use keelson_container::cgroups::{Cgroups, Layout};
+use keelson_container::cgroups::Cgroups;
 use keelson_proto::runtime::v1 as pb;
 use pb::runtime_service_server::RuntimeService;
 use prost::Message;
@@ -369,25 +369,27 @@ impl RuntimeService for Runtime {
             .into());
         }
         // One sandbox per (name, namespace, uid, attempt), as the kubelet expects.
-        for s in self.d.all_sandboxes() {
-            if let Ok(c) = sandbox_config(&s)
-                && c.metadata.as_ref() == Some(&meta)
-            {
-                return Err(DaemonError::Exists(format!(
-                    "the sandbox name \"{}_{}_{}_{}\" is reserved for {}",
-                    meta.name, meta.namespace, meta.uid, meta.attempt, s.id
-                ))
-                .into());
-            }
+        if let Some(s) = self
+            .d
+            .sandboxes_where(|s| s.metadata.as_deref() == Some(&meta))
+            .first()
+        {
+            return Err(DaemonError::Exists(format!(
+                "the sandbox name \"{}_{}_{}_{}\" is reserved for {}",
+                meta.name, meta.namespace, meta.uid, meta.attempt, s.id
+            ))
+            .into());
         }
         let id = new_id()?;
         let _g = self.d.lock(&id).await;
         let spec = Runtime::infra_spec(&id, &cfg)?;
         let d = self.d.clone();
         let infra = blocking(move || {
-            sandbox::start(&d.cfg.pause_bin, &d.cfg.state, &spec).map_err(|e| match e {
-                sandbox::SandboxError::Infra { .. } => DaemonError::Invalid(e.to_string()),
-                e => internal(e),
+            sandbox::start(&d.cfg.pause_bin, &d.cfg.state, &d.cgroup_layout, &spec).map_err(|e| {
+                match e {
+                    sandbox::SandboxError::Infra { .. } => DaemonError::Invalid(e.to_string()),
+                    e => internal(e),
+                }
             })
         })
         .await?;
@@ -395,6 +397,7 @@ impl RuntimeService for Runtime {
             id: id.clone(),
             config: cfg.encode_to_vec(),
             labels: Default::default(),
+            metadata: None,
             runtime_handler: req.runtime_handler.clone(),
             created_at: now_ns(),
             state: SandboxState::Ready,
@@ -444,10 +447,8 @@ impl RuntimeService for Runtime {
             Err(e) => return Err(e.into()),
         };
         let _g = self.d.lock(&r.id).await;
-        for c in self.d.all_containers() {
-            if c.sandbox_id == r.id {
-                self.stop_container_inner(&c, 0).await?;
-            }
+        for c in self.d.containers_where(|c| c.sandbox_id == r.id) {
+            self.stop_container_inner(&c, 0).await?;
         }
         let mut r = self.d.sandbox(&r.id)?;
         if r.network.is_some() || r.infra.netns.is_some() {
@@ -492,11 +493,9 @@ impl RuntimeService for Runtime {
         }))
         .await?;
         let _g = self.d.lock(&r.id).await;
-        for c in self.d.all_containers() {
-            if c.sandbox_id == r.id {
-                let _cg = self.d.lock(&c.id).await;
-                self.remove_container_inner(&c).await?;
-            }
+        for c in self.d.containers_where(|c| c.sandbox_id == r.id) {
+            let _cg = self.d.lock(&c.id).await;
+            self.remove_container_inner(&c).await?;
         }
         let r = self.d.sandbox(&r.id)?;
         let infra = r.infra.clone();
@@ -583,9 +582,8 @@ impl RuntimeService for Runtime {
                 DaemonError::Precondition(format!("sandbox {} is not ready", sb.id)).into(),
             );
         }
-        for c in self.d.all_containers() {
-            if c.sandbox_id == sb.id
-                && let Ok(cc) = container_config(&c)
+        for c in self.d.containers_where(|c| c.sandbox_id == sb.id) {
+            if let Ok(cc) = container_config(&c)
                 && cc.metadata.as_ref() == Some(&meta)
             {
                 return Err(DaemonError::Exists(format!(
@@ -1216,12 +1214,7 @@ impl Runtime {
         }
         let cfg = sandbox_config(r)?;
         let ts = now_ns();
-        let members: Vec<ContainerRecord> = self
-            .d
-            .all_containers()
-            .into_iter()
-            .filter(|c| c.sandbox_id == r.id)
-            .collect();
+        let members: Vec<ContainerRecord> = self.d.containers_where(|c| c.sandbox_id == r.id);
         let member_cgroups: Vec<Cgroups> = members
             .iter()
             .filter_map(|c| {
@@ -1244,8 +1237,9 @@ impl Runtime {
             }
             u
         } else {
-            Layout::discover()
-                .and_then(|l| l.resolve(Some(Path::new(parent)), &r.id))
+            self.d
+                .cgroup_layout
+                .resolve(Some(Path::new(parent)), &r.id)
                 .map_err(|e| internal(format!("the pod cgroup {parent}: {e}")))?
                 .usage()
         };
