@@ -301,6 +301,11 @@ fn sandbox_lifecycle_network_dns_and_idempotence() {
         pod_status(&k, &pod).state,
         pb::PodSandboxState::SandboxNotready as i32
     );
+    // A stopped sandbox holds no mount (namespace pins, shm) in keelsond's namespace.
+    assert_eq!(
+        mounts_under(&k, &format!("sandboxes/{pod}")),
+        Vec::<String>::new()
+    );
     assert!(
         k.net.allocated_ips().is_empty(),
         "IPs still allocated: {:?}",
@@ -331,11 +336,20 @@ fn sandbox_lifecycle_network_dns_and_idempotence() {
         assert!(l.containers.is_empty(), "{:?}", l.containers);
     });
     // Nothing of the pod stays mounted in keelsond's mount namespace.
+    let left = mounts_under(&k, "");
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+}
+
+/// The mount points in keelsond's mount namespace below `<state dir>/<sub>`.
+fn mounts_under(k: &Keelsond, sub: &str) -> Vec<String> {
     let mi = std::fs::read_to_string(format!("/proc/{}/mountinfo", k.mount_ns_pid()))
         .expect("mountinfo");
-    let state = k.state().display().to_string();
-    let left: Vec<&str> = mi.lines().filter(|l| l.contains(&state)).collect();
-    assert!(left.is_empty(), "mounts left: {left:#?}");
+    let dir = k.state().join(sub);
+    mi.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| std::path::Path::new(p).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -449,6 +463,15 @@ fn container_lifecycle_exit_codes_stop_and_logs() {
     })
     .expect("stop");
     assert_eq!(status(&k, &polite).exit_code, 0);
+    // A stopped container's rootfs is unmounted at once (as containerd's task delete does),
+    // not when it is removed.
+    for id in [&stubborn, &polite] {
+        assert!(
+            mounts_under(&k, &format!("containers/{id}")).is_empty(),
+            "{:#?}",
+            mounts_under(&k, &format!("containers/{id}"))
+        );
+    }
 
     // List filters, then removal (twice is fine), then a reused name is free again.
     k.block_on(async {

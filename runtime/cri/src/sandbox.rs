@@ -325,11 +325,37 @@ pub fn stop(infra: &Infra) {
 }
 
 /// Unpins the network namespace (after the CNI DEL: the pod's network is gone for good).
-pub fn unpin_netns(infra: &mut Infra) -> Result<()> {
+fn unpin_netns(infra: &mut Infra) -> Result<()> {
     if let Some(p) = infra.netns.take() {
         unpin(&p)?;
     }
     Ok(())
+}
+
+/// Releases what a stopped sandbox holds on the host besides its cgroup, files and record:
+/// every namespace pin and the shm mount, as containerd does at StopPodSandbox. Nothing of
+/// the pod runs any more, and each mount left in keelsond's namespace is copied into every
+/// new container's mount namespace.
+pub fn release_mounts(infra: &mut Infra) -> Result<()> {
+    unpin_netns(infra)?;
+    if infra.dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let ns = infra.dir.join("ns");
+    for kind in ["ipc", "uts", "pid"] {
+        unpin(&ns.join(kind))?;
+    }
+    unmount_shm(infra)
+}
+
+fn unmount_shm(infra: &Infra) -> Result<()> {
+    match umount2(&infra.dir.join("shm"), MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(source) => Err(SandboxError::Sys {
+            context: "unmounting the pod's shm".into(),
+            source,
+        }),
+    }
 }
 
 fn unpin(p: &Path) -> Result<()> {
@@ -360,15 +386,7 @@ pub fn remove(infra: &Infra) -> Result<()> {
     for kind in ["net", "ipc", "uts", "pid"] {
         unpin(&ns.join(kind))?;
     }
-    match umount2(&infra.dir.join("shm"), MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(source) => {
-            return Err(SandboxError::Sys {
-                context: "unmounting the pod's shm".into(),
-                source,
-            });
-        }
-    }
+    unmount_shm(infra)?;
     if let Some(cg) = &infra.cgroups {
         cg.destroy()?;
     }

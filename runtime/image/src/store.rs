@@ -240,6 +240,11 @@ impl ImageStore {
         self.snapshots.mount(key, target)
     }
 
+    /// Unmounts a container's snapshot if it is mounted (it stays, with its upper layer).
+    pub fn unmount_snapshot(&self, key: &str) -> Result<()> {
+        self.snapshots.unmount(key)
+    }
+
     /// Unmounts and removes a container's snapshot; its layers become collectable once no
     /// image or other snapshot refers to them.
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {

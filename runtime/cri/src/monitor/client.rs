@@ -242,6 +242,7 @@ mod tests {
             stdin: true,
             stdin_once: false,
             tty: true,
+            cgroup_layout: None,
         };
         let args: Vec<String> = opts
             .args()
@@ -253,5 +254,21 @@ mod tests {
             "create --root /run/keelson --id c1 --bundle /b --log-path /l --exit-file /e \
              --state-dir /s --stdin --tty"
         );
+        // A layout goes as one JSON argument that reads back the same.
+        let layout = Layout {
+            hierarchies: Vec::new(),
+            unified: true,
+        };
+        let with = MonitorOptions {
+            cgroup_layout: Some(layout.clone()),
+            ..opts
+        };
+        let args = with.args();
+        let at = args
+            .iter()
+            .position(|a| a == "--cgroup-layout")
+            .expect("--cgroup-layout");
+        let json = args[at + 1].to_str().expect("utf-8");
+        assert_eq!(serde_json::from_str::<Layout>(json).ok(), Some(layout));
     }
 }

@@ -200,6 +200,17 @@ impl Runtime {
         self.stop_container_exit(r, timeout).await?;
         if self.observe(r).state == pb::ContainerState::ContainerExited {
             self.report_stopped(r);
+            // Like containerd's task delete: an exited container's rootfs is not left mounted
+            // in keelsond's namespace (its upper layer stays until RemoveContainer).
+            let (d, id) = (self.d.clone(), r.id.clone());
+            blocking(move || match d.images.unmount_snapshot(&id) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e, "unmounting a stopped container's rootfs");
+                    Ok(())
+                }
+            })
+            .await?;
         }
         Ok(())
     }
@@ -461,7 +472,7 @@ impl RuntimeService for Runtime {
         let mut infra = r.infra.clone();
         let infra = blocking(move || {
             sandbox::stop(&infra);
-            sandbox::unpin_netns(&mut infra).map_err(internal)?;
+            sandbox::release_mounts(&mut infra).map_err(internal)?;
             Ok(infra)
         })
         .await?;
