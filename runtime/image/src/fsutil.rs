@@ -10,6 +10,17 @@ use crate::error::{Result, io_err};
 /// Writes `data` to `path` atomically: a temp file in the same directory, fsync, rename, fsync
 /// of the directory. A crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_then_rename(path, data, true)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Replaces `path` atomically (temporary file + rename: a reader or a crash of this process
+/// sees the old or the new content) without fsync, for state that a power loss ends anyway.
+pub fn replace(path: &Path, data: &[u8]) -> Result<()> {
+    write_then_rename(path, data, false)
+}
+
+fn write_then_rename(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
@@ -20,10 +31,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     ));
     let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
     f.write_all(data).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("fsync", &tmp))?;
+    if durable {
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+    }
     drop(f);
-    fs::rename(&tmp, path).map_err(io_err("rename", path))?;
-    sync_dir(dir)
+    fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
 /// fsyncs a directory, so a rename or unlink in it survives a crash.

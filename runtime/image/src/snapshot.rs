@@ -365,7 +365,8 @@ impl Snapshotter {
         snap.mountpoint = Some(target.to_path_buf());
         let json =
             serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
-        fsutil::write_atomic(&dir.join("snapshot.json"), &json)?;
+        // Replaced atomically but not fsynced: a mount does not outlive a power loss either.
+        fsutil::replace(&dir.join("snapshot.json"), &json)?;
         Ok(snap)
     }
 
@@ -384,7 +385,7 @@ impl Snapshotter {
             }
             let json = serde_json::to_vec_pretty(&snap)
                 .map_err(|e| crate::error::malformed("snapshot", e))?;
-            fsutil::write_atomic(&self.active_dir(key).join("snapshot.json"), &json)?;
+            fsutil::replace(&self.active_dir(key).join("snapshot.json"), &json)?;
         }
         Ok(())
     }

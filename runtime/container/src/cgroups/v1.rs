@@ -4,7 +4,8 @@ use super::{CgroupDir, DeviceRule, cg_err, write_file};
 use crate::error::{Error, Result};
 use oci_spec::runtime::{LinuxBlockIo, LinuxCpu, LinuxMemory, LinuxResources};
 use std::fs;
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 /// A new cpuset cgroup starts with empty cpus/mems and refuses tasks: like runc, fill every
 /// level from the hierarchy's root down to the container's cgroup whose sets are still empty
@@ -279,15 +280,30 @@ fn apply_devices(dir: &CgroupDir, rules: &[DeviceRule]) -> Result<()> {
         return Ok(());
     }
     // Start from deny-all, then replay the rules in order: the last matching rule wins,
-    // which is what the spec asks for.
-    write_file(&dir.path, "devices.deny", "a")?;
+    // which is what the spec asks for. Each write is one rule; the two files are opened
+    // once (a pod's default rules are a dozen writes below a deep cgroup path).
+    let open = |file: &str| {
+        let p = dir.path.join(file);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map(|f| (f, p))
+            .map_err(|e| cg_err(&dir.path.join(file), format!("opening: {e}")))
+    };
+    let mut allow = open("devices.allow")?;
+    let mut deny = open("devices.deny")?;
+    let put = |(f, p): &mut (fs::File, PathBuf), rule: &str| {
+        f.write_all(rule.as_bytes())
+            .map_err(|e| cg_err(p, format!("writing {rule:?}: {e}")))
+    };
+    put(&mut deny, "a")?;
     for r in rules {
-        let file = if r.allow {
-            "devices.allow"
+        let rule = r.to_v1();
+        if r.allow {
+            put(&mut allow, &rule)?;
         } else {
-            "devices.deny"
-        };
-        write_file(&dir.path, file, &r.to_v1())?;
+            put(&mut deny, &rule)?;
+        }
     }
     Ok(())
 }

@@ -83,6 +83,8 @@ pub fn cache_path(cache_dir: &Path, network: &str, container_id: &str, ifname: &
 }
 
 /// Writes an entry (to a temporary file renamed into place, so a reader never sees half of it).
+/// Not fsynced, as libcni does not: the cache matters while the attachment lives, and a
+/// power loss ends the attachments with the network namespaces.
 pub fn write(path: &Path, entry: &CachedAttachment) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -104,7 +106,6 @@ pub fn write(path: &Path, entry: &CachedAttachment) -> std::io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
         fs::rename(&tmp, path)
     })();
     if written.is_err() {
