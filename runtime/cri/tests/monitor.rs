@@ -605,3 +605,24 @@ fn the_monitor_binary_is_static_and_not_pie() {
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("keelson-monitor "));
 }
+
+/// The infra process is built the same way (one runs per pod), and it runs: a bad option is
+/// refused with its name.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu", target_arch = "x86_64"))]
+fn the_pause_binary_is_static_and_not_pie() {
+    let pause = Path::new(env!("CARGO_BIN_EXE_keelson-pause"));
+    if let Err(e) = keelson_static_link::check_static_no_pie(pause) {
+        panic!("{e} (runtime/cri/build.rs)");
+    }
+    let out = Command::new(pause)
+        .arg("--no-such-option")
+        .output()
+        .expect("run keelson-pause");
+    assert!(!out.status.success(), "{out:?}");
+    // Its one line of answer (ready or the error) goes to keelsond on stdout.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unknown argument \"--no-such-option\""),
+        "{out:?}"
+    );
+}
