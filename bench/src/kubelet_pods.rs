@@ -388,7 +388,6 @@ impl Bench<'_> {
         })
     }
 
-    /// Removes every manifest and waits until the kubelet lists no pod.
     /// Whether the runtime has no ready sandbox and no running container left.
     fn runtime_idle(&self) -> bool {
         let mut c = self.cri.clone();
@@ -418,6 +417,8 @@ impl Bench<'_> {
         })
     }
 
+    /// Removes every manifest and waits until the kubelet lists no pod, the runtime runs none
+    /// and the machine is quiet.
     fn remove_all(&mut self) -> Result<()> {
         let dir = self.kl.manifests();
         for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {

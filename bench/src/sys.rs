@@ -382,7 +382,7 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
     // user nice system idle iowait irq softirq steal (guest time is inside user/nice).
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
+    Ok((total.saturating_sub(idle), total))
 }
 
 /// Waits until the machine is quiet, that is every CPU at least `idle_pct` % idle over
@@ -396,12 +396,13 @@ pub fn wait_quiet(window: Duration, idle_pct: f64, limit: Duration) -> Result<bo
     while Instant::now() < end && !interrupted() {
         std::thread::sleep(window);
         let now = cpu_jiffies()?;
-        let (busy, total) = (now.0 - last.0, now.1 - last.1);
+        // Saturating: the iowait counter is known to step backwards.
+        let (busy, total) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
         last = now;
         let idle = if total == 0 {
             100.0
         } else {
-            100.0 * (total - busy) as f64 / total as f64
+            100.0 * total.saturating_sub(busy) as f64 / total as f64
         };
         quiet_in_a_row = if idle >= idle_pct {
             quiet_in_a_row + 1

@@ -324,31 +324,25 @@ pub fn stop(infra: &Infra) {
     }
 }
 
-/// Unpins the network namespace (after the CNI DEL: the pod's network is gone for good).
-fn unpin_netns(infra: &mut Infra) -> Result<()> {
-    if let Some(p) = infra.netns.take() {
-        unpin(&p)?;
-    }
+/// Releases what a stopped sandbox holds on the host besides its cgroup, files and record:
+/// every namespace pin (the netns after the CNI DEL) and the shm mount, as containerd does at
+/// StopPodSandbox. Nothing of the pod runs any more, and each mount left in keelsond's
+/// namespace is copied into every new container's mount namespace.
+pub fn release_mounts(infra: &mut Infra) -> Result<()> {
+    unmount_all(infra)?;
+    infra.netns = None;
     Ok(())
 }
 
-/// Releases what a stopped sandbox holds on the host besides its cgroup, files and record:
-/// every namespace pin and the shm mount, as containerd does at StopPodSandbox. Nothing of
-/// the pod runs any more, and each mount left in keelsond's namespace is copied into every
-/// new container's mount namespace.
-pub fn release_mounts(infra: &mut Infra) -> Result<()> {
-    unpin_netns(infra)?;
+/// Unmounts the namespace pins under `<dir>/ns/` and the shm mount; what is gone is skipped.
+fn unmount_all(infra: &Infra) -> Result<()> {
     if infra.dir.as_os_str().is_empty() {
         return Ok(());
     }
     let ns = infra.dir.join("ns");
-    for kind in ["ipc", "uts", "pid"] {
+    for kind in ["net", "ipc", "uts", "pid"] {
         unpin(&ns.join(kind))?;
     }
-    unmount_shm(infra)
-}
-
-fn unmount_shm(infra: &Infra) -> Result<()> {
     match umount2(&infra.dir.join("shm"), MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
         Err(source) => Err(SandboxError::Sys {
@@ -382,11 +376,7 @@ pub fn remove(infra: &Infra) -> Result<()> {
     if infra.dir.as_os_str().is_empty() {
         return Ok(());
     }
-    let ns = infra.dir.join("ns");
-    for kind in ["net", "ipc", "uts", "pid"] {
-        unpin(&ns.join(kind))?;
-    }
-    unmount_shm(infra)?;
+    unmount_all(infra)?;
     if let Some(cg) = &infra.cgroups {
         cg.destroy()?;
     }

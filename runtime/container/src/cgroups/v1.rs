@@ -284,11 +284,10 @@ fn apply_devices(dir: &CgroupDir, rules: &[DeviceRule]) -> Result<()> {
     // once (a pod's default rules are a dozen writes below a deep cgroup path).
     let open = |file: &str| {
         let p = dir.path.join(file);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&p)
-            .map(|f| (f, p))
-            .map_err(|e| cg_err(&dir.path.join(file), format!("opening: {e}")))
+        match fs::OpenOptions::new().write(true).open(&p) {
+            Ok(f) => Ok((f, p)),
+            Err(e) => Err(cg_err(&p, format!("opening: {e}"))),
+        }
     };
     let mut allow = open("devices.allow")?;
     let mut deny = open("devices.deny")?;

@@ -202,15 +202,12 @@ impl Runtime {
             self.report_stopped(r);
             // Like containerd's task delete: an exited container's rootfs is not left mounted
             // in keelsond's namespace (its upper layer stays until RemoveContainer).
+            // A failure is retried by RemoveContainer's unmount.
             let (d, id) = (self.d.clone(), r.id.clone());
-            blocking(move || match d.images.unmount_snapshot(&id) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    tracing::warn!(id = %id, error = %e, "unmounting a stopped container's rootfs");
-                    Ok(())
-                }
-            })
-            .await?;
+            if let Err(e) = blocking(move || d.images.unmount_snapshot(&id).map_err(internal)).await
+            {
+                tracing::warn!(id = %r.id, error = %e, "unmounting a stopped container's rootfs");
+            }
         }
         Ok(())
     }
