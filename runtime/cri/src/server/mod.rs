@@ -146,7 +146,7 @@ impl Daemon {
         }
         let store = Store::open(&cfg.root).context("opening the records")?;
         // The image store shares the root with the records (content/, snapshots/, metadata/
-        // beside sandboxes/ and containers/), so `keelson-image` with its default root works
+        // beside records.log), so `keelson-image` with its default root works
         // on keelsond's images (import, inspect, gc).
         let mut icfg = keelson_image::StoreConfig::new(cfg.root.clone());
         if cfg.registry_config_dir.is_dir() {
@@ -223,8 +223,11 @@ impl Daemon {
         find_by_prefix(&c, id, "container")
     }
 
-    pub fn put_sandbox(&self, mut r: SandboxRecord) -> DResult<()> {
-        self.store.save_sandbox(&r).map_err(internal)?;
+    /// Writes the record (synced to disk, so off the async workers), then updates the table.
+    pub async fn put_sandbox(&self, mut r: SandboxRecord) -> DResult<()> {
+        let store = self.store.clone();
+        let r2 = r.clone();
+        blocking(move || store.save_sandbox(&r2).map_err(internal)).await?;
         // A record taken from the table has them; a new one gets them here.
         if r.metadata.is_none() {
             decode_sandbox_facts(&mut r);
@@ -234,8 +237,11 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn put_container(&self, mut r: ContainerRecord) -> DResult<()> {
-        self.store.save_container(&r).map_err(internal)?;
+    /// As [`Daemon::put_sandbox`].
+    pub async fn put_container(&self, mut r: ContainerRecord) -> DResult<()> {
+        let store = self.store.clone();
+        let r2 = r.clone();
+        blocking(move || store.save_container(&r2).map_err(internal)).await?;
         if r.labels.is_empty() {
             r.labels = container_labels(&r.config);
         }
@@ -244,15 +250,19 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn drop_sandbox(&self, id: &str) -> DResult<()> {
-        self.store.remove_sandbox(id).map_err(internal)?;
+    pub async fn drop_sandbox(&self, id: &str) -> DResult<()> {
+        let store = self.store.clone();
+        let rid = id.to_string();
+        blocking(move || store.remove_sandbox(&rid).map_err(internal)).await?;
         let mut s = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         s.remove(id);
         Ok(())
     }
 
-    pub fn drop_container(&self, id: &str) -> DResult<()> {
-        self.store.remove_container(id).map_err(internal)?;
+    pub async fn drop_container(&self, id: &str) -> DResult<()> {
+        let store = self.store.clone();
+        let rid = id.to_string();
+        blocking(move || store.remove_container(&rid).map_err(internal)).await?;
         let mut c = self.containers.lock().unwrap_or_else(|p| p.into_inner());
         c.remove(id);
         drop(c);

@@ -277,7 +277,7 @@ impl Runtime {
             Ok(())
         })
         .await?;
-        self.d.drop_container(&r.id)?;
+        self.d.drop_container(&r.id).await?;
         self.d.forget_lock(&r.id);
         self.d.cpu_samples.forget(&format!("ctr/{}", r.id));
         self.event(
@@ -413,7 +413,7 @@ impl RuntimeService for Runtime {
             ips: Vec::new(),
             network: None,
         };
-        if let Err(e) = self.d.put_sandbox(rec.clone()) {
+        if let Err(e) = self.d.put_sandbox(rec.clone()).await {
             let _ = sandbox::remove(&rec.infra);
             return Err(e.into());
         }
@@ -426,12 +426,12 @@ impl RuntimeService for Runtime {
                 Err(e) => {
                     let infra = rec.infra.clone();
                     let _ = blocking(move || sandbox::remove(&infra).map_err(internal)).await;
-                    let _ = self.d.drop_sandbox(&id);
+                    let _ = self.d.drop_sandbox(&id).await;
                     return Err(e.into());
                 }
             }
         }
-        self.d.put_sandbox(rec)?;
+        self.d.put_sandbox(rec).await?;
         tracing::info!(sandbox = %id, pod = %meta.name, namespace = %meta.namespace, "sandbox ready");
         // Like containerd: a sandbox's events go under its own id.
         self.event(&id, &id, pb::ContainerEventType::ContainerCreatedEvent);
@@ -476,7 +476,7 @@ impl RuntimeService for Runtime {
         r.infra = infra;
         let was_ready = r.state == SandboxState::Ready;
         r.state = SandboxState::NotReady;
-        self.d.put_sandbox(r)?;
+        self.d.put_sandbox(r).await?;
         if was_ready {
             self.event(&id, &id, pb::ContainerEventType::ContainerStoppedEvent);
         }
@@ -508,7 +508,7 @@ impl RuntimeService for Runtime {
         let r = self.d.sandbox(&r.id)?;
         let infra = r.infra.clone();
         blocking(move || sandbox::remove(&infra).map_err(internal)).await?;
-        self.d.drop_sandbox(&r.id)?;
+        self.d.drop_sandbox(&r.id).await?;
         self.d.forget_lock(&r.id);
         self.d.cpu_samples.forget(&format!("pod/{}", r.id));
         self.event(&r.id, &r.id, pb::ContainerEventType::ContainerDeletedEvent);
@@ -609,7 +609,7 @@ impl RuntimeService for Runtime {
             create_container_blocking(&d, &id, &sb, &sandbox_cfg, config, &image_name, &meta)
         })
         .await?;
-        self.d.put_container(rec.clone())?;
+        self.d.put_container(rec.clone()).await?;
         self.event(
             &rec.id,
             &rec.sandbox_id,
@@ -648,7 +648,7 @@ impl RuntimeService for Runtime {
         .await?;
         let mut r = r;
         r.started_at = now_ns();
-        self.d.put_container(r.clone())?;
+        self.d.put_container(r.clone()).await?;
         self.event(
             &r.id,
             &r.sandbox_id,
@@ -760,7 +760,7 @@ impl RuntimeService for Runtime {
         cfg.linux = Some(lc);
         let mut r = r;
         r.config = cfg.encode_to_vec();
-        self.d.put_container(r)?;
+        self.d.put_container(r).await?;
         Ok(Response::new(pb::UpdateContainerResourcesResponse {}))
     }
 
