@@ -577,3 +577,43 @@ fn native_snapshotter_copies_the_merged_layers() {
     assert_eq!(fs::read(second.join("data/b")).unwrap(), b"b\n");
     assert_eq!(count(&dir.path().join("root/snapshots/active")), 0);
 }
+
+#[test]
+fn a_snapshot_mounted_at_a_target_leaves_its_record_alone() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("at"), "at").unwrap();
+    reg.push_layout(layout.path(), "at", "kt/at", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    let name = format!("{}/kt/at:at", reg.addr());
+    rt().block_on(store.pull(&name, &AuthConfig::default()))
+        .unwrap();
+    let mnt = MountDir::new().unwrap();
+    store.prepare_snapshot("ctr-at", &name).unwrap();
+    let record = root.join("snapshots/active/ctr-at/snapshot.json");
+    let before = fs::read(&record).unwrap();
+    store.mount_snapshot_at("ctr-at", mnt.path()).unwrap();
+    assert_eq!(fs::read(mnt.path().join("label")).unwrap(), b"at");
+    fs::write(mnt.path().join("written"), b"x").unwrap();
+    assert_eq!(
+        fs::read(&record).unwrap(),
+        before,
+        "the mount is not recorded"
+    );
+    let snap = store.snapshotter().get_active("ctr-at").unwrap();
+    assert_eq!(snap.mountpoint, None);
+
+    store.unmount_snapshot_at("ctr-at", mnt.path()).unwrap();
+    assert!(!mnt.path().join("label").exists(), "unmounted");
+    let upper = root.join("snapshots/active/ctr-at/upper/written");
+    assert_eq!(fs::read(&upper).unwrap(), b"x", "the upper layer stays");
+    // Again, and at a path that is gone: nothing to do, no error.
+    store.unmount_snapshot_at("ctr-at", mnt.path()).unwrap();
+    store
+        .unmount_snapshot_at("ctr-at", &dir.path().join("never-there"))
+        .unwrap();
+    store.remove_snapshot("ctr-at").unwrap();
+    assert_eq!(count(&root.join("snapshots/active")), 0);
+}

@@ -308,9 +308,25 @@ impl Snapshotter {
         )
     }
 
-    /// Mounts an active snapshot at `target` (overlay; a bind of `upper/` when it has no parents).
+    /// Mounts an active snapshot at `target` and records where in its `snapshot.json`, so
+    /// that [`Snapshotter::unmount`] and [`Snapshotter::remove`] find the mount by key.
     pub fn mount(&self, key: &str, target: &Path) -> Result<ActiveSnapshot> {
-        let mut snap = self.get_active(key)?;
+        let mut snap = self.mount_at(key, target)?;
+        snap.mountpoint = Some(target.to_path_buf());
+        let json =
+            serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
+        // Replaced atomically but not fsynced: a mount does not outlive a power loss either.
+        fsutil::replace(&self.active_dir(key).join("snapshot.json"), &json)?;
+        Ok(snap)
+    }
+
+    /// Mounts an active snapshot at `target` (overlay; a bind of `upper/` when it has no
+    /// parents) without recording it: the caller knows the target and unmounts it with
+    /// [`Snapshotter::unmount_at`]. keelsond mounts every container's rootfs this way: the
+    /// record's rewrite (a new file and a freed one per mount and per unmount) is what it
+    /// would save.
+    pub fn mount_at(&self, key: &str, target: &Path) -> Result<ActiveSnapshot> {
+        let snap = self.get_active(key)?;
         let dir = self.active_dir(key);
         let opts = self.mount_options(&snap);
         let res = if snap.kind == SnapshotterKind::Native {
@@ -362,32 +378,31 @@ impl Snapshotter {
             key: key.to_string(),
             reason: format!("mount at {}: {e}", target.display()),
         })?;
-        snap.mountpoint = Some(target.to_path_buf());
-        let json =
-            serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
-        // Replaced atomically but not fsynced: a mount does not outlive a power loss either.
-        fsutil::replace(&dir.join("snapshot.json"), &json)?;
         Ok(snap)
     }
 
-    /// Unmounts an active snapshot if it is mounted.
+    /// Unmounts an active snapshot if it is mounted where its record says.
     pub fn unmount(&self, key: &str) -> Result<()> {
         let mut snap = self.get_active(key)?;
         if let Some(m) = snap.mountpoint.take() {
-            match nix::mount::umount2(&m, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => {
-                    return Err(Error::Snapshot {
-                        key: key.to_string(),
-                        reason: format!("unmount {}: {e}", m.display()),
-                    });
-                }
-            }
+            self.unmount_at(key, &m)?;
             let json = serde_json::to_vec_pretty(&snap)
                 .map_err(|e| crate::error::malformed("snapshot", e))?;
             fsutil::replace(&self.active_dir(key).join("snapshot.json"), &json)?;
         }
         Ok(())
+    }
+
+    /// Unmounts what [`Snapshotter::mount_at`] mounted at `target`; fine if nothing is
+    /// mounted there (any more) or `target` is gone.
+    pub fn unmount_at(&self, key: &str, target: &Path) -> Result<()> {
+        match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::Snapshot {
+                key: key.to_string(),
+                reason: format!("unmount {}: {e}", target.display()),
+            }),
+        }
     }
 
     /// Unmounts and removes an active snapshot.

@@ -245,6 +245,17 @@ impl ImageStore {
         self.snapshots.unmount(key)
     }
 
+    /// Mounts a container's snapshot at `target` without recording the mount (see
+    /// [`crate::snapshot::Snapshotter::mount_at`]); [`ImageStore::unmount_snapshot_at`] undoes it.
+    pub fn mount_snapshot_at(&self, key: &str, target: &Path) -> Result<ActiveSnapshot> {
+        self.snapshots.mount_at(key, target)
+    }
+
+    /// Unmounts what [`ImageStore::mount_snapshot_at`] mounted at `target`, if it still is.
+    pub fn unmount_snapshot_at(&self, key: &str, target: &Path) -> Result<()> {
+        self.snapshots.unmount_at(key, target)
+    }
+
     /// Unmounts and removes a container's snapshot; its layers become collectable once no
     /// image or other snapshot refers to them.
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {

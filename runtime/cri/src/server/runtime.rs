@@ -203,9 +203,9 @@ impl Runtime {
             // Like containerd's task delete: an exited container's rootfs is not left mounted
             // in keelsond's namespace (its upper layer stays until RemoveContainer).
             // A failure is retried by RemoveContainer's unmount.
-            let (d, id) = (self.d.clone(), r.id.clone());
-            if let Err(e) = blocking(move || d.images.unmount_snapshot(&id).map_err(internal)).await
-            {
+            let (d, id, rootfs) = (self.d.clone(), r.id.clone(), r.bundle.join("rootfs"));
+            let unmount = move || d.images.unmount_snapshot_at(&id, &rootfs).map_err(internal);
+            if let Err(e) = blocking(unmount).await {
                 tracing::warn!(id = %r.id, error = %e, "unmounting a stopped container's rootfs");
             }
         }
@@ -265,6 +265,12 @@ impl Runtime {
                 Err(e) => return Err(internal(format!("deleting container {}: {e}", rec.id))),
             }
             mon::wait_gone(&d.cfg.container_dir(&rec.id), Duration::from_secs(5));
+            if let Err(e) = d
+                .images
+                .unmount_snapshot_at(&rec.id, &rec.bundle.join("rootfs"))
+            {
+                tracing::warn!(id = %rec.id, error = %e, "unmounting the rootfs");
+            }
             match d.images.remove_snapshot(&rec.id) {
                 Ok(()) => {}
                 Err(e) => tracing::warn!(id = %rec.id, error = %e, "removing the snapshot"),
@@ -1365,6 +1371,7 @@ fn create_container_blocking(
             let _ = keelson_container::container::delete(&d.cfg.engine_root(), id, true);
         }
         if stage >= 1 {
+            let _ = d.images.unmount_snapshot_at(id, &rootfs);
             let _ = d.images.remove_snapshot(id);
         }
         let _ = std::fs::remove_dir_all(&dir);
@@ -1374,7 +1381,7 @@ fn create_container_blocking(
         undo(0);
         return Err(internal(format!("preparing the snapshot: {e}")));
     }
-    if let Err(e) = d.images.mount_snapshot(id, &rootfs) {
+    if let Err(e) = d.images.mount_snapshot_at(id, &rootfs) {
         undo(1);
         return Err(internal(format!("mounting the snapshot: {e}")));
     }
