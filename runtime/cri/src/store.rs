@@ -352,7 +352,8 @@ impl Store {
     }
 
     /// The size of the log file as written so far (for tests of the rewrite).
-    pub fn log_len(&self) -> u64 {
+    #[cfg(test)]
+    fn log_len(&self) -> u64 {
         self.lock().len
     }
 
