@@ -9,6 +9,7 @@ mod configz;
 mod cri;
 mod defaults;
 mod events;
+mod fsattr;
 mod gc;
 mod hosts;
 mod lifecycle;
@@ -195,6 +196,8 @@ async fn run(cfg: config::Config) -> Result<()> {
     for d in [&cfg.root_dir, &cfg.pod_logs_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
+    // A log directory per pod below it.
+    fsattr::hint_top_dir(&cfg.pod_logs_dir);
     volumes::init(&cfg).map_err(anyhow::Error::msg)?;
     let mut cri = cri::connect(&cfg.runtime_endpoint, &cfg.image_endpoint)
         .with_context(|| format!("container runtime endpoint {}", cfg.runtime_endpoint))?;

@@ -305,6 +305,8 @@ fn make_rshared(root: &Path) -> Result<(), String> {
 pub fn init(cfg: &Config) -> Result<(), String> {
     let pods = pods_dir(&cfg.root_dir);
     fs::create_dir_all(&pods).map_err(|e| format!("creating {}: {e}", pods.display()))?;
+    // A directory tree per pod below it.
+    crate::fsattr::hint_top_dir(&pods);
     make_rshared(&cfg.root_dir).map_err(|e| format!("error configuring root directory: {e}"))?;
     let a = compute_allocatable(&cfg.root_dir, &cfg.eviction_hard, &cfg.reserved);
     let _ = ALLOCATABLE.set(a);

@@ -93,6 +93,10 @@ impl Snapshotter {
         for d in ["committed", "tmp", "locks", "active"] {
             fsutil::mkdir_p(&root.join(d))?;
         }
+        // One tree per layer and per container: spread them over the block groups.
+        for d in ["committed", "tmp", "active"] {
+            fsutil::mark_top_dir_or_log(&root.join(d));
+        }
         Ok(Self {
             root: root.to_path_buf(),
             kind,

@@ -144,6 +144,16 @@ impl Daemon {
         for d in [&cfg.root, &cfg.state] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        // The state dir holds a tree per sandbox and per container (the engine's too); on
+        // ext4, spread those over the block groups (see `mark_top_dir`).
+        for d in [
+            cfg.state.join("sandboxes"),
+            cfg.state.join("containers"),
+            cfg.engine_root(),
+        ] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            keelson_image::fsutil::mark_top_dir_or_log(&d);
+        }
         let store = Store::open(&cfg.root).context("opening the records")?;
         // The image store shares the root with the records (content/, snapshots/, metadata/
         // beside records.log), so `keelson-image` with its default root works
