@@ -335,6 +335,15 @@ impl Handle {
             m.attributes.push(LinkAttribute::Mtu(mtu));
             p.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        // One queue each way, as the kernel would leave it: a veth created without these gets
+        // one queue per possible CPU and is cut down to one right after registration, which
+        // waits for an expedited RCU grace period with the RTNL held, once for each end. With
+        // many pods starting, every other RTNL user (namespace creation, the other plugins)
+        // queued behind those waits.
+        for l in [&mut m, &mut p] {
+            l.attributes.push(LinkAttribute::NumTxQueues(1));
+            l.attributes.push(LinkAttribute::NumRxQueues(1));
+        }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(p))),

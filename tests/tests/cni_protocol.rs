@@ -692,3 +692,40 @@ fn the_plugins_are_static_and_not_pie() {
         }
     }
 }
+
+/// Both ends of the pod's veth are created with one TX and one RX queue (what the kernel cuts
+/// a veth down to anyway; asking for it up front spares a grace-period wait under the RTNL).
+#[test]
+fn the_veth_pair_has_one_queue_each_way() {
+    let p = ours();
+    let net = TestNet::new("vq").unwrap();
+    let c = Netns::new("cvq").unwrap();
+    let id = unique::container_id("vq");
+    let conf = net.bridge_conf("1.0.0");
+    let inv = Invocation::new("ADD", &id, &c, "eth0");
+    let res = invoke(&p, "bridge", &net.host, &inv, &conf)
+        .unwrap()
+        .ok()
+        .json();
+    let host_end = res["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let queues = |ns: &Netns, dev: &str| {
+        let out = ns.exec(&["ip", "-d", "link", "show", "dev", dev]).unwrap();
+        assert!(out.status.success(), "ip -d link show {dev}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let field = |name: &str| {
+            let words: Vec<&str> = text.split_whitespace().collect();
+            words
+                .windows(2)
+                .find(|w| w[0] == name)
+                .map(|w| w[1].to_string())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        (field("numtxqueues"), field("numrxqueues"))
+    };
+    assert_eq!(queues(&net.host, &host_end), ("1".into(), "1".into()));
+    assert_eq!(queues(&c, "eth0"), ("1".into(), "1".into()));
+    invoke(&p, "bridge", &net.host, &inv.with_command("DEL"), &conf)
+        .unwrap()
+        .ok();
+    assert!(net.allocated_ips().is_empty());
+}
