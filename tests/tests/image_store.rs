@@ -617,3 +617,67 @@ fn a_snapshot_mounted_at_a_target_leaves_its_record_alone() {
     store.remove_snapshot("ctr-at").unwrap();
     assert_eq!(count(&root.join("snapshots/active")), 0);
 }
+
+/// A directory of `snapshots/active` without its `snapshot.json` (what a crash in the middle
+/// of a prepare or a removal leaves) is no snapshot: not listed, not found, not a second
+/// snapshot under its key; it can still be removed by key, and the store's GC collects it.
+/// What nothing else refers to goes with it, while a whole snapshot keeps its layers.
+#[test]
+fn a_snapshot_directory_without_its_record_is_garbage() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("rec"), "rec").unwrap();
+    reg.push_layout(layout.path(), "rec", "kt/rec", &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    let name = format!("{}/kt/rec:rec", reg.addr());
+    rt().block_on(store.pull(&name, &AuthConfig::default()))
+        .unwrap();
+    let active = root.join("snapshots/active");
+    for key in ["whole", "torn-a", "torn-b"] {
+        store.prepare_snapshot(key, &name).unwrap();
+    }
+    // Both snapshots lose their record, as an interrupted prepare or removal leaves them.
+    for key in ["torn-a", "torn-b"] {
+        fs::remove_file(active.join(key).join("snapshot.json")).unwrap();
+        fs::write(active.join(key).join("upper/left"), b"x").unwrap();
+    }
+    let snaps = store.snapshotter();
+    let listed: Vec<String> = snaps
+        .list_active()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(listed, vec!["whole".to_string()]);
+    assert!(matches!(
+        snaps.get_active("torn-a"),
+        Err(Error::SnapshotNotFound(_))
+    ));
+    // Its key stays taken until the directory is gone.
+    assert!(matches!(
+        store.prepare_snapshot("torn-a", &name),
+        Err(Error::SnapshotExists(_))
+    ));
+    // Removed by key, as keelsond removes a container's snapshot.
+    store.remove_snapshot("torn-a").unwrap();
+    assert!(!active.join("torn-a").exists());
+    assert!(matches!(
+        store.remove_snapshot("torn-a"),
+        Err(Error::SnapshotNotFound(_))
+    ));
+    // The other one goes with the GC; the whole snapshot and its layers stay.
+    store.gc().unwrap();
+    assert!(!active.join("torn-b").exists());
+    assert!(active.join("whole/snapshot.json").is_file());
+    let mnt = MountDir::new().unwrap();
+    store.mount_snapshot_at("whole", mnt.path()).unwrap();
+    assert_eq!(fs::read(mnt.path().join("label")).unwrap(), b"rec");
+    store.unmount_snapshot_at("whole", mnt.path()).unwrap();
+    store.remove_snapshot("whole").unwrap();
+    assert_eq!(count(&active), 0);
+    // A prepare leaves no temporary tree behind.
+    assert_eq!(count(&root.join("snapshots/tmp")), 0);
+}

@@ -186,12 +186,22 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Removes leftovers of interrupted unpacks (call with the store's exclusive lock held).
+    /// Removes leftovers of interrupted unpacks, and the directories of `active/` without a
+    /// record (interrupted prepares and removals). Call with the store's exclusive lock held:
+    /// a prepare holds the shared one.
     pub fn clean_tmp(&self) -> Result<()> {
         let dir = self.root.join("tmp");
         for e in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
             let e = e.map_err(io_err("read dir", &dir))?;
             remove_tree(&e.path())?;
+        }
+        let active = self.root.join("active");
+        for e in fs::read_dir(&active).map_err(io_err("read dir", &active))? {
+            let e = e.map_err(io_err("read dir", &active))?;
+            let p = e.path();
+            if !p.join("snapshot.json").exists() {
+                remove_tree(&p)?;
+            }
         }
         Ok(())
     }
@@ -208,30 +218,19 @@ impl Snapshotter {
                 return Err(Error::SnapshotNotFound(p.to_string()));
             }
         }
+        // Built in place and published by its record: a directory of `active/` without
+        // `snapshot.json` is no snapshot (an interrupted prepare or removal, collected by
+        // `clean_tmp`). No temporary tree renamed into place: a rename between directories
+        // takes the filesystem-wide rename lock, which overlay mounts take too, and with many
+        // containers starting they queued behind each other there. Nothing is fsynced: a new
+        // writable layer is empty, and the container it is for does not outlive a power loss.
         let dir = self.active_dir(key);
-        if dir.exists() {
-            return Err(Error::SnapshotExists(key.to_string()));
-        }
-        let tmp = self.root.join("tmp").join(format!("active-{key}"));
-        remove_tree(&tmp)?;
-        match self.kind {
-            SnapshotterKind::Overlay => {
-                for d in ["upper", "work"] {
-                    fsutil::mkdir_p(&tmp.join(d))?;
-                }
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::SnapshotExists(key.to_string()));
             }
-            SnapshotterKind::Native => {
-                let fs_dir = tmp.join("fs");
-                fsutil::mkdir_p(&fs_dir)?;
-                let res = parents.iter().try_for_each(|p| {
-                    let mut links = std::collections::HashMap::new();
-                    copy_layer(&self.committed_path(p), &fs_dir, &mut links)
-                });
-                if let Err(e) = res {
-                    let _ = remove_tree(&tmp);
-                    return Err(e);
-                }
-            }
+            Err(e) => return Err(io_err("mkdir", &dir)(e)),
         }
         let snap = ActiveSnapshot {
             key: key.to_string(),
@@ -239,23 +238,33 @@ impl Snapshotter {
             mountpoint: None,
             kind: self.kind,
         };
-        let json =
-            serde_json::to_vec_pretty(&snap).map_err(|e| crate::error::malformed("snapshot", e))?;
-        fsutil::write_atomic(&tmp.join("snapshot.json"), &json)?;
-        match fs::rename(&tmp, &dir) {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = remove_tree(&tmp);
-                if e.kind() == std::io::ErrorKind::AlreadyExists
-                    || e.raw_os_error() == Some(libc::ENOTEMPTY)
-                {
-                    return Err(Error::SnapshotExists(key.to_string()));
+        let res = self.fill_active(&dir, &snap);
+        if res.is_err() {
+            let _ = remove_tree(&dir);
+        }
+        res.map(|()| snap)
+    }
+
+    /// The directories of a new active snapshot, then its record.
+    fn fill_active(&self, dir: &Path, snap: &ActiveSnapshot) -> Result<()> {
+        match self.kind {
+            SnapshotterKind::Overlay => {
+                for d in ["upper", "work"] {
+                    fs::create_dir(dir.join(d)).map_err(io_err("mkdir", &dir.join(d)))?;
                 }
-                return Err(io_err("rename", &dir)(e));
+            }
+            SnapshotterKind::Native => {
+                let fs_dir = dir.join("fs");
+                fs::create_dir(&fs_dir).map_err(io_err("mkdir", &fs_dir))?;
+                for p in &snap.parents {
+                    let mut links = std::collections::HashMap::new();
+                    copy_layer(&self.committed_path(p), &fs_dir, &mut links)?;
+                }
             }
         }
-        fsutil::sync_dir(&self.root.join("active"))?;
-        Ok(snap)
+        let json =
+            serde_json::to_vec_pretty(snap).map_err(|e| crate::error::malformed("snapshot", e))?;
+        fsutil::replace(&dir.join("snapshot.json"), &json)
     }
 
     /// Reads an active snapshot.
@@ -409,13 +418,22 @@ impl Snapshotter {
         }
     }
 
-    /// Unmounts and removes an active snapshot.
+    /// Unmounts and removes an active snapshot. Its record goes first: from then on the
+    /// directory is no snapshot, and what a crash leaves of it `clean_tmp` collects.
     pub fn remove(&self, key: &str) -> Result<()> {
-        self.unmount(key)?;
+        match self.unmount(key) {
+            // Left by an interrupted prepare or removal: nothing is mounted by key.
+            Err(Error::SnapshotNotFound(_)) if self.active_dir(key).is_dir() => {}
+            other => other?,
+        }
         let dir = self.active_dir(key);
-        let trash = self.root.join("tmp").join(format!("rm-active-{key}"));
-        fs::rename(&dir, &trash).map_err(io_err("rename", &dir))?;
-        remove_tree(&trash)
+        let record = dir.join("snapshot.json");
+        match fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &record)(e)),
+        }
+        remove_tree(&dir)
     }
 }
 
