@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -175,8 +175,31 @@ struct Entry {
 struct Log {
     file: Arc<fs::File>,
     len: u64,
+    /// Entries appended since the open (their numbers, for the group commit).
+    appended: u64,
     live: BTreeMap<(Kind, String), Vec<u8>>,
     live_bytes: u64,
+}
+
+/// Group commit: one `fdatasync` at a time, covering every entry appended before it began;
+/// an append waits until a flush that began after it has ended.
+#[derive(Default)]
+struct Flusher {
+    state: Mutex<FlushState>,
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct FlushState {
+    /// Entries up to this number are on disk.
+    synced: u64,
+    /// A flush is running.
+    busy: bool,
+    /// Flushes run since the open.
+    flushes: u64,
+    /// The highest entry number a failed flush covered, and its error: those entries may be
+    /// lost whatever a later flush reports (a failed `fdatasync` may drop the dirty pages).
+    failed: Option<(u64, String)>,
 }
 
 /// The record log (cheap to clone: the clones share it).
@@ -184,6 +207,7 @@ struct Log {
 pub struct Store {
     root: PathBuf,
     log: Arc<Mutex<Log>>,
+    flusher: Arc<Flusher>,
 }
 
 impl std::fmt::Debug for Store {
@@ -251,9 +275,11 @@ impl Store {
             log: Arc::new(Mutex::new(Log {
                 file: Arc::new(file),
                 len,
+                appended: 0,
                 live,
                 live_bytes,
             })),
+            flusher: Arc::default(),
         })
     }
 
@@ -263,10 +289,10 @@ impl Store {
 
     /// Appends one entry and makes it durable. The table is updated under the lock, so a
     /// rewrite racing with this append writes the new state; the `fdatasync` runs outside
-    /// it, so concurrent puts do not wait for each other's disk flushes.
+    /// it, and concurrent appends share one (see [`Store::flush_through`]).
     fn append(&self, kind: Kind, id: &str, record: Option<Vec<u8>>) -> Result<()> {
         let path = self.root.join(LOG);
-        let file = {
+        let number = {
             let mut log = self.lock();
             let key = (kind, id.to_string());
             if record.is_none() && !log.live.contains_key(&key) {
@@ -306,6 +332,7 @@ impl Store {
                 return Err(io_err(format!("appending to {}", path.display()))(e));
             }
             log.len += text.len() as u64;
+            log.appended += 1;
             if log.len > 2 * log.live_bytes + COMPACT_SLACK {
                 // The rewrite is durable by itself (written, fsynced, renamed in). If it
                 // fails, the log goes on growing and the entry is synced below.
@@ -320,10 +347,55 @@ impl Store {
                     }
                 }
             }
-            log.file.clone()
+            log.appended
         };
-        file.sync_data()
+        self.flush_through(number)
             .map_err(io_err(format!("syncing {}", path.display())))
+    }
+
+    /// Returns once entry `number` is on disk: a flush that began after it was appended has
+    /// ended. If none is running, this caller runs one, for every entry appended so far; else
+    /// it waits for the running one to end and looks again. A burst of puts costs a few disk
+    /// flushes instead of one each (each is a cache flush of the whole device).
+    fn flush_through(&self, number: u64) -> std::io::Result<()> {
+        let f = &self.flusher;
+        let lock = || f.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = lock();
+        loop {
+            if let Some((upto, msg)) = &st.failed
+                && number <= *upto
+            {
+                return Err(std::io::Error::other(msg.clone()));
+            }
+            if st.synced >= number {
+                return Ok(());
+            }
+            if !st.busy {
+                break;
+            }
+            st = f.ended.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.busy = true;
+        drop(st);
+        // Every entry up to `upto` is in this file, or in an older one whose rewrite into
+        // this one was synced before it was renamed in.
+        let (upto, file) = {
+            let log = self.lock();
+            (log.appended, log.file.clone())
+        };
+        let res = file.sync_data();
+        let mut st = lock();
+        st.busy = false;
+        st.flushes += 1;
+        match &res {
+            Ok(()) => st.synced = st.synced.max(upto),
+            Err(e) => {
+                let upto = st.failed.as_ref().map_or(upto, |(u, _)| upto.max(*u));
+                st.failed = Some((upto, e.to_string()));
+            }
+        }
+        f.ended.notify_all();
+        res
     }
 
     fn put<T: Serialize>(&self, kind: Kind, id: &str, v: &T) -> Result<()> {
@@ -524,6 +596,59 @@ mod tests {
             .into_iter()
             .map(|r| r.id)
             .collect()
+    }
+
+    /// Puts made while a flush runs wait for it and are then flushed together, by one.
+    #[test]
+    fn puts_waiting_on_a_running_flush_share_the_next_one() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(dir.path()).expect("open");
+        // As if a flush were running.
+        s.flusher.state.lock().expect("flusher").busy = true;
+        let puts: Vec<_> = (0..3)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || s.save_sandbox(&sandbox(&format!("p{i}"), vec![i])))
+            })
+            .collect();
+        // All three are appended (and waiting) before the flush ends.
+        while s.lock().appended < 3 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        {
+            let mut st = s.flusher.state.lock().expect("flusher");
+            st.busy = false;
+            s.flusher.ended.notify_all();
+        }
+        for p in puts {
+            p.join().expect("thread").expect("put");
+        }
+        let st = s.flusher.state.lock().expect("flusher");
+        assert_eq!(st.flushes, 1, "one flush for the three puts");
+        assert_eq!(st.synced, 3);
+        drop(st);
+        drop(s);
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(ids(&s), vec!["p0", "p1", "p2"]);
+    }
+
+    /// The entries a failed flush covered are reported failed, also to a put that looks after
+    /// a later flush succeeded; later entries are flushed anew.
+    #[test]
+    fn a_failed_flush_fails_the_entries_it_covered() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(dir.path()).expect("open");
+        s.save_sandbox(&sandbox("a", vec![1])).expect("put");
+        s.save_sandbox(&sandbox("b", vec![2])).expect("put");
+        s.flusher.state.lock().expect("flusher").failed = Some((2, "disk gone".into()));
+        let e = s
+            .flush_through(2)
+            .expect_err("entry 2 was in the failed flush");
+        assert!(e.to_string().contains("disk gone"), "{e}");
+        s.save_sandbox(&sandbox("c", vec![3]))
+            .expect("entry 3 comes after");
+        let e = s.flush_through(1).expect_err("still failed");
+        assert!(e.to_string().contains("disk gone"), "{e}");
     }
 
     #[test]

@@ -144,6 +144,7 @@ impl Daemon {
         for d in [&cfg.root, &cfg.state] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        let store = Store::open(&cfg.root).context("opening the records")?;
         // The state dir holds a tree per sandbox and per container (the engine's too); on
         // ext4, spread those over the block groups (see `mark_top_dir`).
         for d in [
@@ -154,7 +155,6 @@ impl Daemon {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             keelson_image::fsutil::mark_top_dir_or_log(&d);
         }
-        let store = Store::open(&cfg.root).context("opening the records")?;
         // The image store shares the root with the records (content/, snapshots/, metadata/
         // beside records.log), so `keelson-image` with its default root works
         // on keelsond's images (import, inspect, gc).
