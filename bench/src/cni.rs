@@ -3,6 +3,10 @@
 //! bridge + host-local + portmap conflist. Prints medians, ratios and binary sizes; see
 //! `bench/README.md`. Every run happens in throwaway network namespaces.
 
+// Shared with the other benches; this one uses part of it.
+#[allow(dead_code)]
+mod sys;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -163,6 +167,8 @@ fn size(dir: &Path, name: &str) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Dropped last, after every namespace of the run is gone.
+    let _netns_dir = sys::NetnsDirGuard::new();
     let ours = Plugins {
         dir: keelson_dir(args.keelson.clone()),
         label: "keelson",

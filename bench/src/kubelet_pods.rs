@@ -88,6 +88,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Dropped last, after every namespace of the run is gone.
+    let _netns_dir = sys::NetnsDirGuard::new();
     match run(Args::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -415,3 +415,39 @@ pub fn wait_quiet(window: Duration, idle_pct: f64, limit: Duration) -> Result<bo
     }
     Ok(false)
 }
+
+/// `/run/netns` as this process found it. `ip netns add` (the test networks' namespaces are
+/// pinned with it) creates the directory and bind-mounts it onto itself the first time; a
+/// bench that brought it into being unmounts and removes it when it ends, if no namespace is
+/// pinned there any more (what `scripts/test.sh` does for the test suite).
+pub struct NetnsDirGuard {
+    created_here: bool,
+}
+
+impl NetnsDirGuard {
+    const DIR: &str = "/run/netns";
+
+    pub fn new() -> NetnsDirGuard {
+        NetnsDirGuard {
+            created_here: !Path::new(Self::DIR).exists(),
+        }
+    }
+}
+
+impl Drop for NetnsDirGuard {
+    fn drop(&mut self) {
+        let dir = Path::new(Self::DIR);
+        let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if !self.created_here || !empty {
+            return;
+        }
+        if let Err(e) = nix::mount::umount(dir)
+            && e != nix::errno::Errno::EINVAL
+        {
+            eprintln!("unmounting {}: {e}", dir.display());
+        }
+        if let Err(e) = fs::remove_dir(dir) {
+            eprintln!("removing {}: {e}", dir.display());
+        }
+    }
+}

@@ -129,6 +129,8 @@ struct Batch {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Dropped last, after every namespace of the run is gone.
+    let _netns_dir = sys::NetnsDirGuard::new();
     match run(args) {
         Ok(code) => code,
         Err(e) => {
