@@ -810,3 +810,123 @@ fn privileged_containers_devices_and_bidirectional_propagation() {
     assert!(!own.contains("kk-bidir"), "{own}");
     drop(mounts);
 }
+
+/// ContainerStats.writable_layer: what the container wrote into its rootfs, as `du` counts
+/// the snapshot's upper directory (a hard link once), on the filesystem ImageFsInfo names;
+/// the kubelet's rootfs.usedBytes and ephemeral-storage come from it.
+#[test]
+fn writable_layer_usage_is_reported() {
+    let (_reg, image) = registry_with_busybox("wl");
+    let k = Keelsond::start("wl").expect("keelsond");
+    let pod = setup(&k, &image, pod_config(&k, "wl"));
+    let c = container_config(
+        "writer",
+        &image,
+        "dd if=/dev/zero of=/big bs=1024 count=1024 2>/dev/null && mkdir /d && echo x > /d/a \
+         && ln /d/a /d/b",
+    );
+    let id = k
+        .block_on(async {
+            let mut rt = k.runtime().await?;
+            let id = rt
+                .create_container(pb::CreateContainerRequest {
+                    pod_sandbox_id: pod.id.clone(),
+                    config: Some(c),
+                    sandbox_config: Some(pod.cfg.clone()),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            rt.start_container(pb::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+            Ok::<String, tonic::Status>(id)
+        })
+        .expect("writer");
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = k
+            .block_on(async {
+                let mut rt = k.runtime().await?;
+                rt.container_status(pb::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+            })
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status");
+        if s.state == pb::ContainerState::ContainerExited as i32 {
+            assert_eq!(s.exit_code, 0, "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < end, "the writer did not exit: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (stats, listed, fs) = k
+        .block_on(async {
+            let mut rt = k.runtime().await?;
+            let one = rt
+                .container_stats(pb::ContainerStatsRequest {
+                    container_id: id.clone(),
+                })
+                .await?
+                .into_inner()
+                .stats;
+            let listed = rt
+                .list_container_stats(pb::ListContainerStatsRequest {
+                    filter: Some(pb::ContainerStatsFilter {
+                        id: id.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner()
+                .stats;
+            let mut img = k.images().await?;
+            let fs = img
+                .image_fs_info(pb::ImageFsInfoRequest {})
+                .await?
+                .into_inner();
+            Ok::<_, tonic::Status>((one, listed, fs))
+        })
+        .expect("stats");
+    let layer = stats
+        .and_then(|s| s.writable_layer)
+        .expect("a writable layer");
+    let du = |flag: &str| -> u64 {
+        let upper = k.root().join("snapshots/active").join(&id).join("upper");
+        let out = std::process::Command::new("du")
+            .args(["-s", "-x", flag])
+            .arg(&upper)
+            .output()
+            .expect("du");
+        assert!(out.status.success(), "du {flag}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("du figure")
+    };
+    let used = layer.used_bytes.expect("used_bytes").value;
+    let inodes = layer.inodes_used.expect("inodes_used").value;
+    assert!(used >= 1 << 20, "{layer:?}");
+    assert_eq!(used, du("--block-size=1"), "{layer:?}");
+    assert_eq!(inodes, du("--inodes"), "{layer:?}");
+    assert!(inodes >= 4, "upper, big, d, d/a = d/b: {layer:?}");
+    assert!(layer.timestamp > 0);
+    let mountpoint = layer.fs_id.as_ref().expect("fs_id").mountpoint.clone();
+    assert_eq!(
+        Some(mountpoint.as_str()),
+        fs.container_filesystems
+            .first()
+            .and_then(|f| f.fs_id.as_ref())
+            .map(|f| f.mountpoint.as_str()),
+    );
+    // A second call within the refresh period reuses the walk.
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].writable_layer.as_ref(), Some(&layer));
+}

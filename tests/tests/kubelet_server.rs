@@ -264,9 +264,14 @@ fn https_server_stats_metrics_exec_and_logs() {
     assert!(vol_used >= 65536, "{first}");
     assert!(vols[0]["capacityBytes"].as_u64() > Some(0), "{first}");
     assert!(vols[0]["inodesUsed"].as_u64() >= Some(1), "{first}");
+    // The container's writable layer, from the runtime's ContainerStats (at least the upper
+    // directory itself), is in the pod's ephemeral storage too.
+    let rootfs_used = c["rootfs"]["usedBytes"].as_u64().expect("rootfs.usedBytes");
+    assert!(c["rootfs"]["inodesUsed"].as_u64() >= Some(1), "{first}");
+    assert!(c["rootfs"]["capacityBytes"].as_u64() > Some(0), "{first}");
     assert!(
         first["ephemeral-storage"]["usedBytes"].as_u64()
-            >= Some(vol_used + c["logs"]["usedBytes"].as_u64().unwrap_or(0)),
+            >= Some(vol_used + rootfs_used + c["logs"]["usedBytes"].as_u64().unwrap_or(0)),
         "{first}"
     );
     // CPU keeps counting, and with two samples a rate appears.

@@ -267,6 +267,17 @@ impl Snapshotter {
         fsutil::replace(&dir.join("snapshot.json"), &json)
     }
 
+    /// What an active snapshot's own layer takes on disk: `upper/` for overlay, the merged
+    /// copy `fs/` for the native snapshotter (containerd's snapshotter `Usage`).
+    pub fn usage(&self, key: &str) -> Result<Usage> {
+        let snap = self.get_active(key)?;
+        let dir = self.active_dir(key).join(match snap.kind {
+            SnapshotterKind::Overlay => "upper",
+            SnapshotterKind::Native => "fs",
+        });
+        disk_usage(&dir)
+    }
+
     /// Reads an active snapshot.
     pub fn get_active(&self, key: &str) -> Result<ActiveSnapshot> {
         valid_key(key)?;
@@ -435,6 +446,62 @@ impl Snapshotter {
         }
         remove_tree(&dir)
     }
+}
+
+/// Disk usage of a tree, as `du` counts it: the blocks of each inode (512-byte units, a hard
+/// linked file once) and the number of inodes, `root` included. Never follows symlinks nor
+/// leaves `root`'s filesystem. Entries removed while the walk runs (a container at work) are
+/// skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+pub fn disk_usage(root: &Path) -> Result<Usage> {
+    use std::os::unix::fs::MetadataExt;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let top = fs::symlink_metadata(root).map_err(io_err("lstat", root))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut usage = Usage::default();
+    let mut count = |m: &fs::Metadata, usage: &mut Usage| {
+        if seen.insert(m.ino()) {
+            usage.inodes += 1;
+            usage.bytes += m.blocks() * 512;
+        }
+    };
+    count(&top, &mut usage);
+    if !top.is_dir() {
+        return Ok(usage);
+    }
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(io_err("read dir", &d)(e)),
+        };
+        for e in entries {
+            let e = match e {
+                Ok(e) => e,
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(io_err("read dir", &d)(err)),
+            };
+            let m = match fs::symlink_metadata(e.path()) {
+                Ok(m) => m,
+                Err(err) if gone(&err) => continue,
+                Err(err) => return Err(io_err("lstat", e.path())(err)),
+            };
+            if m.dev() != top.dev() {
+                continue;
+            }
+            count(&m, &mut usage);
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// Removes a tree, fine if it is missing. Never follows symlinks (`remove_dir_all` does not).

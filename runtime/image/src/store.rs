@@ -256,6 +256,11 @@ impl ImageStore {
         self.snapshots.unmount_at(key, target)
     }
 
+    /// The disk usage of a container's own layer (CRI's `writable_layer`).
+    pub fn snapshot_usage(&self, key: &str) -> Result<crate::snapshot::Usage> {
+        self.snapshots.usage(key)
+    }
+
     /// Unmounts and removes a container's snapshot; its layers become collectable once no
     /// image or other snapshot refers to them.
     pub fn remove_snapshot(&self, key: &str) -> Result<()> {

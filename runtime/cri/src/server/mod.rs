@@ -70,6 +70,7 @@ pub struct Daemon {
     pub streams: crate::streaming::Streams,
     /// The previous CPU sample of each container and pod (for `usage_nano_cores`).
     pub cpu_samples: stats::CpuSamples,
+    pub layer_usage: stats::LayerUsage,
     /// Pidfds of the infra processes and monitors found alive ([`live`]).
     pub live: live::Liveness,
     /// The cgroup hierarchies and keelsond's own cgroups, read once at start (mountinfo
@@ -201,6 +202,7 @@ impl Daemon {
             pod_cidr: Mutex::new(String::new()),
             streams: crate::streaming::Streams::default(),
             cpu_samples: stats::CpuSamples::default(),
+            layer_usage: stats::LayerUsage::default(),
             live: live::Liveness::default(),
             cgroup_layout,
         }))

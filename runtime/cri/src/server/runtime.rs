@@ -286,6 +286,7 @@ impl Runtime {
         self.d.drop_container(&r.id).await?;
         self.d.forget_lock(&r.id);
         self.d.cpu_samples.forget(&format!("ctr/{}", r.id));
+        self.d.layer_usage.forget(&r.id);
         self.event(
             &r.id,
             &r.sandbox_id,
@@ -895,7 +896,9 @@ impl RuntimeService for Runtime {
         req: Request<pb::ContainerStatsRequest>,
     ) -> Result<Response<pb::ContainerStatsResponse>, Status> {
         let r = self.d.container(&req.into_inner().container_id)?;
-        let stats = self.stats_of(&r)?;
+        // Off the async workers: a writable layer may have to be walked.
+        let me = Runtime { d: self.d.clone() };
+        let stats = blocking(move || me.stats_of(&r)).await?;
         Ok(Response::new(pb::ContainerStatsResponse {
             stats: Some(stats),
         }))
@@ -906,19 +909,26 @@ impl RuntimeService for Runtime {
         req: Request<pb::ListContainerStatsRequest>,
     ) -> Result<Response<pb::ListContainerStatsResponse>, Status> {
         let f = req.into_inner().filter.unwrap_or_default();
-        let mut stats = Vec::new();
-        for r in self.d.all_containers() {
-            if (!f.id.is_empty() && !r.id.starts_with(&f.id))
-                || (!f.pod_sandbox_id.is_empty() && !r.sandbox_id.starts_with(&f.pod_sandbox_id))
-            {
-                continue;
+        // Off the async workers: writable layers may have to be walked.
+        let me = Runtime { d: self.d.clone() };
+        let stats = blocking(move || {
+            let mut stats = Vec::new();
+            for r in me.d.all_containers() {
+                if (!f.id.is_empty() && !r.id.starts_with(&f.id))
+                    || (!f.pod_sandbox_id.is_empty()
+                        && !r.sandbox_id.starts_with(&f.pod_sandbox_id))
+                {
+                    continue;
+                }
+                let cfg = container_config(&r)?;
+                if !matches_labels(&cfg.labels, &f.label_selector) {
+                    continue;
+                }
+                stats.push(me.stats_of(&r)?);
             }
-            let cfg = container_config(&r)?;
-            if !matches_labels(&cfg.labels, &f.label_selector) {
-                continue;
-            }
-            stats.push(self.stats_of(&r)?);
-        }
+            Ok(stats)
+        })
+        .await?;
         Ok(Response::new(pb::ListContainerStatsResponse { stats }))
     }
 
@@ -938,7 +948,9 @@ impl RuntimeService for Runtime {
         req: Request<pb::PodSandboxStatsRequest>,
     ) -> Result<Response<pb::PodSandboxStatsResponse>, Status> {
         let r = self.d.sandbox(&req.into_inner().pod_sandbox_id)?;
-        let stats = self.sandbox_stats(&r)?;
+        // Off the async workers: its containers' writable layers may have to be walked.
+        let me = Runtime { d: self.d.clone() };
+        let stats = blocking(move || me.sandbox_stats(&r)).await?;
         Ok(Response::new(pb::PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -949,25 +961,31 @@ impl RuntimeService for Runtime {
         req: Request<pb::ListPodSandboxStatsRequest>,
     ) -> Result<Response<pb::ListPodSandboxStatsResponse>, Status> {
         let f = req.into_inner().filter.unwrap_or_default();
-        let mut sandboxes = self.d.all_sandboxes();
-        sandboxes.sort_by_key(|s| s.created_at);
-        let mut stats = Vec::new();
-        for r in sandboxes {
-            if !f.id.is_empty() && !r.id.starts_with(&f.id) {
-                continue;
-            }
-            if !matches_labels(&sandbox_config(&r)?.labels, &f.label_selector) {
-                continue;
-            }
-            match self.sandbox_stats(&r) {
-                Ok(s) => stats.push(s),
-                // Like containerd: a pod that is not ready (or went away) is left out.
-                Err(DaemonError::Unavailable(m) | DaemonError::NotFound(m)) => {
-                    tracing::debug!(sandbox = %r.id, "no stats: {m}");
+        // Off the async workers: writable layers may have to be walked.
+        let me = Runtime { d: self.d.clone() };
+        let stats = blocking(move || {
+            let mut sandboxes = me.d.all_sandboxes();
+            sandboxes.sort_by_key(|s| s.created_at);
+            let mut stats = Vec::new();
+            for r in sandboxes {
+                if !f.id.is_empty() && !r.id.starts_with(&f.id) {
+                    continue;
                 }
-                Err(e) => return Err(e.into()),
+                if !matches_labels(&sandbox_config(&r)?.labels, &f.label_selector) {
+                    continue;
+                }
+                match me.sandbox_stats(&r) {
+                    Ok(s) => stats.push(s),
+                    // Like containerd: a pod that is not ready (or went away) is left out.
+                    Err(DaemonError::Unavailable(m) | DaemonError::NotFound(m)) => {
+                        tracing::debug!(sandbox = %r.id, "no stats: {m}");
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-        }
+            Ok(stats)
+        })
+        .await?;
         Ok(Response::new(pb::ListPodSandboxStatsResponse { stats }))
     }
 
@@ -1203,6 +1221,13 @@ impl Runtime {
             .ok()
             .map(|s| s.cgroups);
         let u = stats::usage_of(cg.as_ref());
+        let layer = self.d.layer_usage.get(&r.id, || {
+            self.d
+                .images
+                .snapshot_usage(&r.id)
+                .map_err(|e| tracing::debug!(id = %r.id, error = %e, "writable layer usage"))
+                .ok()
+        });
         Ok(pb::ContainerStats {
             attributes: Some(pb::ContainerAttributes {
                 id: r.id.clone(),
@@ -1212,6 +1237,7 @@ impl Runtime {
             }),
             cpu: stats::cpu(&self.d.cpu_samples, &format!("ctr/{}", r.id), &u, ts),
             memory: stats::memory(&u, ts),
+            writable_layer: layer.map(|(at, u)| stats::writable_layer(self.d.images.root(), at, u)),
             ..Default::default()
         })
     }

@@ -35,6 +35,60 @@ impl CpuSamples {
     }
 }
 
+/// How long a writable layer's usage is reused before it is walked again (containerd's CRI
+/// refreshes its snapshot usage on the same period).
+pub const LAYER_USAGE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The last walk of each container's writable layer: its usage and when (ns since the epoch),
+/// so that the kubelet's periodic ListContainerStats does not walk every layer every time.
+#[derive(Default)]
+pub struct LayerUsage(
+    Mutex<HashMap<String, (std::time::Instant, i64, keelson_image::snapshot::Usage)>>,
+);
+
+impl LayerUsage {
+    /// The usage of `key`'s layer, from a walk younger than [`LAYER_USAGE_TTL`] or from `walk`
+    /// (run without the lock held); `None` when there is none (`walk` failed).
+    pub fn get(
+        &self,
+        key: &str,
+        walk: impl FnOnce() -> Option<keelson_image::snapshot::Usage>,
+    ) -> Option<(i64, keelson_image::snapshot::Usage)> {
+        let lock = || self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, ts, u)) = lock().get(key)
+            && at.elapsed() < LAYER_USAGE_TTL
+        {
+            return Some((*ts, *u));
+        }
+        let ts = crate::server::now_ns();
+        let u = walk()?;
+        lock().insert(key.to_string(), (std::time::Instant::now(), ts, u));
+        Some((ts, u))
+    }
+
+    /// Drops what is known of a removed container's layer.
+    pub fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// ContainerStats.writable_layer: the layer's usage on the filesystem at `mountpoint` (the
+/// image store's root, as ImageFsInfo names it).
+pub fn writable_layer(
+    mountpoint: &std::path::Path,
+    at_ns: i64,
+    u: keelson_image::snapshot::Usage,
+) -> pb::FilesystemUsage {
+    pb::FilesystemUsage {
+        timestamp: at_ns,
+        fs_id: Some(pb::FilesystemIdentifier {
+            mountpoint: mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(u64v(u.bytes)),
+        inodes_used: Some(u64v(u.inodes)),
+    }
+}
+
 fn u64v(value: u64) -> pb::UInt64Value {
     pb::UInt64Value { value }
 }
@@ -137,6 +191,32 @@ pub fn network_of_pid(pid: i32, ts: i64) -> std::io::Result<pb::NetworkUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_is_walked_once_per_period_and_forgotten_with_its_container() {
+        let cache = LayerUsage::default();
+        let u = |bytes| keelson_image::snapshot::Usage { bytes, inodes: 1 };
+        let mut walks = 0;
+        let first = cache.get("c1", || {
+            walks += 1;
+            Some(u(4096))
+        });
+        let again = cache.get("c1", || {
+            walks += 1;
+            Some(u(8192))
+        });
+        assert_eq!(walks, 1);
+        assert_eq!(first, again);
+        // Another container, a failed walk: nothing cached, nothing reported.
+        assert_eq!(cache.get("c2", || None), None);
+        assert_eq!(
+            cache.get("c2", || Some(u(1))).map(|(_, u)| u.bytes),
+            Some(1)
+        );
+        cache.forget("c1");
+        let fresh = cache.get("c1", || Some(u(8192)));
+        assert_eq!(fresh.map(|(_, u)| u.bytes), Some(8192));
+    }
 
     const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
