@@ -47,13 +47,10 @@ fn setup<'a>(k: &'a Keelsond, image: &str, cfg: pb::PodSandboxConfig) -> Pod<'a>
 }
 
 impl Pod<'_> {
-    fn try_run(&self, mut c: pb::ContainerConfig) -> Result<(i32, String), tonic::Status> {
+    /// Creates and starts `c` in this pod; the container's ID.
+    fn start(&self, c: pb::ContainerConfig) -> Result<String, tonic::Status> {
         let k = self.k;
-        c.image = Some(pb::ImageSpec {
-            image: self.image.clone(),
-            ..Default::default()
-        });
-        let id = k.block_on(async {
+        k.block_on(async {
             let mut rt = k.runtime().await?;
             let id = rt
                 .create_container(pb::CreateContainerRequest {
@@ -69,14 +66,19 @@ impl Pod<'_> {
             })
             .await?;
             Ok::<String, tonic::Status>(id)
-        })?;
+        })
+    }
+
+    /// Waits (up to 20 s) for container `id` to exit; its status.
+    fn wait_exited(&self, id: &str) -> Result<pb::ContainerStatus, tonic::Status> {
+        let k = self.k;
         let end = Instant::now() + Duration::from_secs(20);
         loop {
             let s = k
                 .block_on(async {
                     let mut rt = k.runtime().await?;
                     rt.container_status(pb::ContainerStatusRequest {
-                        container_id: id.clone(),
+                        container_id: id.to_string(),
                         verbose: false,
                     })
                     .await
@@ -85,20 +87,29 @@ impl Pod<'_> {
                 .status
                 .expect("status");
             if s.state == pb::ContainerState::ContainerExited as i32 {
-                let text = std::fs::read_to_string(&s.log_path).unwrap_or_default();
-                let out: String = text
-                    .lines()
-                    .filter_map(|l| l.splitn(4, ' ').nth(3))
-                    .map(|m| format!("{m}\n"))
-                    .collect();
-                return Ok((s.exit_code, out));
+                return Ok(s);
             }
             assert!(Instant::now() < end, "container {id} did not exit: {s:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Runs `script` with `sc` as the security context; returns exit code and output.
+    fn try_run(&self, mut c: pb::ContainerConfig) -> Result<(i32, String), tonic::Status> {
+        c.image = Some(pb::ImageSpec {
+            image: self.image.clone(),
+            ..Default::default()
+        });
+        let id = self.start(c)?;
+        let s = self.wait_exited(&id)?;
+        let text = std::fs::read_to_string(&s.log_path).unwrap_or_default();
+        let out: String = text
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .map(|m| format!("{m}\n"))
+            .collect();
+        Ok((s.exit_code, out))
+    }
+
     fn run(
         &self,
         name: &str,
@@ -498,25 +509,7 @@ fn log_reopen_and_stats() {
         &image,
         "i=0; while true; do echo line-$i; i=$((i+1)); sleep 0.1; done",
     );
-    let id = k
-        .block_on(async {
-            let mut rt = k.runtime().await?;
-            let id = rt
-                .create_container(pb::CreateContainerRequest {
-                    pod_sandbox_id: pod.id.clone(),
-                    config: Some(c),
-                    sandbox_config: Some(pod.cfg.clone()),
-                })
-                .await?
-                .into_inner()
-                .container_id;
-            rt.start_container(pb::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-            Ok::<String, tonic::Status>(id)
-        })
-        .expect("talker");
+    let id = pod.start(c).expect("talker");
     std::thread::sleep(Duration::from_millis(500));
     let log = k
         .block_on(async {
@@ -825,47 +818,9 @@ fn writable_layer_usage_is_reported() {
         "dd if=/dev/zero of=/big bs=1024 count=1024 2>/dev/null && mkdir /d && echo x > /d/a \
          && ln /d/a /d/b",
     );
-    let id = k
-        .block_on(async {
-            let mut rt = k.runtime().await?;
-            let id = rt
-                .create_container(pb::CreateContainerRequest {
-                    pod_sandbox_id: pod.id.clone(),
-                    config: Some(c),
-                    sandbox_config: Some(pod.cfg.clone()),
-                })
-                .await?
-                .into_inner()
-                .container_id;
-            rt.start_container(pb::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
-            Ok::<String, tonic::Status>(id)
-        })
-        .expect("writer");
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = k
-            .block_on(async {
-                let mut rt = k.runtime().await?;
-                rt.container_status(pb::ContainerStatusRequest {
-                    container_id: id.clone(),
-                    verbose: false,
-                })
-                .await
-            })
-            .expect("status")
-            .into_inner()
-            .status
-            .expect("status");
-        if s.state == pb::ContainerState::ContainerExited as i32 {
-            assert_eq!(s.exit_code, 0, "{s:?}");
-            break;
-        }
-        assert!(Instant::now() < end, "the writer did not exit: {s:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let id = pod.start(c).expect("writer");
+    let s = pod.wait_exited(&id).expect("writer status");
+    assert_eq!(s.exit_code, 0, "{s:?}");
     let (stats, listed, fs) = k
         .block_on(async {
             let mut rt = k.runtime().await?;
