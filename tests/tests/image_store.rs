@@ -681,3 +681,51 @@ fn a_snapshot_directory_without_its_record_is_garbage() {
     // A prepare leaves no temporary tree behind.
     assert_eq!(count(&root.join("snapshots/tmp")), 0);
 }
+
+/// A retired snapshot leaves the store at once (unmounted, not listed, not found, its key
+/// free again) while its tree waits for whoever deletes it; the GC deletes what is left.
+#[test]
+fn a_retired_snapshot_is_out_of_the_store_at_once() {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image("ret"), "ret").unwrap();
+    reg.push_layout(layout.path(), "ret", "kt/ret", &[])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    let name = format!("{}/kt/ret:ret", reg.addr());
+    rt().block_on(store.pull(&name, &AuthConfig::default()))
+        .unwrap();
+    let mnt = MountDir::new().unwrap();
+    store.prepare_snapshot("ret", &name).unwrap();
+    store.mount_snapshot("ret", mnt.path()).unwrap();
+    fs::write(mnt.path().join("written"), b"x").unwrap();
+    let retired = store.retire_snapshot("ret").unwrap();
+    assert!(!mnt.path().join("label").exists(), "unmounted");
+    assert_eq!(fs::read(retired.join("upper/written")).unwrap(), b"x");
+    let snaps = store.snapshotter();
+    assert!(snaps.list_active().unwrap().is_empty());
+    assert!(matches!(
+        snaps.get_active("ret"),
+        Err(Error::SnapshotNotFound(_))
+    ));
+    assert_eq!(store.retired_snapshots().unwrap(), vec![retired.clone()]);
+    // The key is free: a new snapshot under it, retired in turn over the old tree.
+    store.prepare_snapshot("ret", &name).unwrap();
+    let again = store.retire_snapshot("ret").unwrap();
+    assert_eq!(again, retired);
+    assert!(!again.join("upper/written").exists(), "the newer tree");
+    assert!(matches!(
+        store.retire_snapshot("ret"),
+        Err(Error::SnapshotNotFound(_))
+    ));
+    store.gc().unwrap();
+    assert!(store.retired_snapshots().unwrap().is_empty());
+    assert_eq!(count(&root.join("snapshots/active")), 0);
+    assert_eq!(
+        count(&root.join("snapshots/committed")),
+        2,
+        "the image's layers stay"
+    );
+}

@@ -186,8 +186,8 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Removes leftovers of interrupted unpacks, and the directories of `active/` without a
-    /// record (interrupted prepares and removals). Call with the store's exclusive lock held:
+    /// Removes leftovers of interrupted unpacks, retired snapshots, and the directories of
+    /// `active/` without a record (interrupted prepares). Call with the store's exclusive lock held:
     /// a prepare holds the shared one.
     pub fn clean_tmp(&self) -> Result<()> {
         let dir = self.root.join("tmp");
@@ -199,7 +199,8 @@ impl Snapshotter {
         for e in fs::read_dir(&active).map_err(io_err("read dir", &active))? {
             let e = e.map_err(io_err("read dir", &active))?;
             let p = e.path();
-            if !p.join("snapshot.json").exists() {
+            let retired = e.file_name().to_string_lossy().starts_with(".rm-");
+            if retired || !p.join("snapshot.json").exists() {
                 remove_tree(&p)?;
             }
         }
@@ -219,8 +220,7 @@ impl Snapshotter {
             }
         }
         // Built in place and published by its record: a directory of `active/` without
-        // `snapshot.json` is no snapshot (an interrupted prepare or removal, collected by
-        // `clean_tmp`). No temporary tree renamed into place: a rename between directories
+        // `snapshot.json` is no snapshot (an interrupted prepare, collected by `clean_tmp`). No temporary tree renamed into place: a rename between directories
         // takes the filesystem-wide rename lock, which overlay mounts take too, and with many
         // containers starting they queued behind each other there. Nothing is fsynced: a new
         // writable layer is empty, and the container it is for does not outlive a power loss.
@@ -429,22 +429,44 @@ impl Snapshotter {
         }
     }
 
-    /// Unmounts and removes an active snapshot. Its record goes first: from then on the
-    /// directory is no snapshot, and what a crash leaves of it `clean_tmp` collects.
+    /// Unmounts and removes an active snapshot.
     pub fn remove(&self, key: &str) -> Result<()> {
+        remove_tree(&self.retire(key)?)
+    }
+
+    /// Unmounts an active snapshot and takes it out of `active/` at once: renamed within
+    /// `active/` to `.rm-<key>` (a name no key can have), no snapshot from then on. Returns
+    /// that directory for the caller to remove ([`remove_tree`]), now or in the background:
+    /// deleting a tree can take long (on a filesystem mounted with `discard` every freed
+    /// extent is discarded synchronously), and keelsond does it off the RPC, as containerd
+    /// leaves snapshot deletion to its garbage collector. What is left of a retired tree
+    /// (a crash) [`Snapshotter::retired`] lists and `clean_tmp` removes.
+    pub fn retire(&self, key: &str) -> Result<PathBuf> {
         match self.unmount(key) {
-            // Left by an interrupted prepare or removal: nothing is mounted by key.
+            // Left by an interrupted prepare: nothing is mounted by key.
             Err(Error::SnapshotNotFound(_)) if self.active_dir(key).is_dir() => {}
             other => other?,
         }
         let dir = self.active_dir(key);
-        let record = dir.join("snapshot.json");
-        match fs::remove_file(&record) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("remove", &record)(e)),
+        let retired = self.root.join("active").join(format!(".rm-{key}"));
+        // A key used again after an earlier removal whose tree is still there.
+        remove_tree(&retired)?;
+        // Same directory: no filesystem-wide rename lock, no data moved or freed.
+        fs::rename(&dir, &retired).map_err(io_err("rename", &dir))?;
+        Ok(retired)
+    }
+
+    /// Retired snapshot trees not removed yet.
+    pub fn retired(&self) -> Result<Vec<PathBuf>> {
+        let active = self.root.join("active");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&active).map_err(io_err("read dir", &active))? {
+            let e = e.map_err(io_err("read dir", &active))?;
+            if e.file_name().to_string_lossy().starts_with(".rm-") {
+                out.push(e.path());
+            }
         }
-        remove_tree(&dir)
+        Ok(out)
     }
 }
 

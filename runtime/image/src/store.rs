@@ -267,6 +267,17 @@ impl ImageStore {
         self.snapshots.remove(key)
     }
 
+    /// [`ImageStore::remove_snapshot`] but the tree is left for the caller to delete
+    /// ([`crate::snapshot::remove_tree`]); see [`crate::snapshot::Snapshotter::retire`].
+    pub fn retire_snapshot(&self, key: &str) -> Result<PathBuf> {
+        self.snapshots.retire(key)
+    }
+
+    /// Retired snapshot trees still on disk (a process that retired them ended first).
+    pub fn retired_snapshots(&self) -> Result<Vec<PathBuf>> {
+        self.snapshots.retired()
+    }
+
     /// Unpacks one verified layer blob into its committed snapshot (once) and checks its diff ID.
     ///
     /// `parents` are the chain IDs of the layers below, bottom first; `None` when they may not

@@ -13,6 +13,7 @@ pub mod mon;
 pub mod net;
 pub mod runtime;
 pub mod stats;
+pub mod trash;
 
 use crate::store::{ContainerRecord, SandboxRecord, Store};
 use keelson_image::ImageStore;
@@ -71,6 +72,8 @@ pub struct Daemon {
     /// The previous CPU sample of each container and pod (for `usage_nano_cores`).
     pub cpu_samples: stats::CpuSamples,
     pub layer_usage: stats::LayerUsage,
+    /// Deletes retired snapshot trees in the background.
+    pub trash: trash::Trash,
     /// Pidfds of the infra processes and monitors found alive ([`live`]).
     pub live: live::Liveness,
     /// The cgroup hierarchies and keelsond's own cgroups, read once at start (mountinfo
@@ -170,6 +173,11 @@ impl Daemon {
                 })?;
         }
         let images = ImageStore::open(icfg).context("opening the image store")?;
+        let trash = trash::Trash::start().context("starting the snapshot deleting thread")?;
+        match images.retired_snapshots() {
+            Ok(dirs) => dirs.into_iter().for_each(|d| trash.put(d)),
+            Err(e) => tracing::warn!(error = %e, "listing retired snapshots"),
+        }
         let sandboxes = store
             .sandboxes()?
             .into_iter()
@@ -203,6 +211,7 @@ impl Daemon {
             streams: crate::streaming::Streams::default(),
             cpu_samples: stats::CpuSamples::default(),
             layer_usage: stats::LayerUsage::default(),
+            trash,
             live: live::Liveness::default(),
             cgroup_layout,
         }))

@@ -271,8 +271,9 @@ impl Runtime {
             {
                 tracing::warn!(id = %rec.id, error = %e, "unmounting the rootfs");
             }
-            match d.images.remove_snapshot(&rec.id) {
-                Ok(()) => {}
+            // Out of the store now; the tree goes in the background (see `trash`).
+            match d.images.retire_snapshot(&rec.id) {
+                Ok(dir) => d.trash.put(dir),
                 Err(e) => tracing::warn!(id = %rec.id, error = %e, "removing the snapshot"),
             }
             let dir = d.cfg.container_dir(&rec.id);
