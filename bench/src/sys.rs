@@ -436,9 +436,18 @@ impl NetnsDirGuard {
 
 impl Drop for NetnsDirGuard {
     fn drop(&mut self) {
+        if !self.created_here {
+            return;
+        }
         let dir = Path::new(Self::DIR);
-        let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-        if !self.created_here || !empty {
+        let empty = || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        // A peer runtime (containerd) may still be removing its namespaces' pins.
+        let end = Instant::now() + Duration::from_secs(5);
+        while !empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !empty() {
+            eprintln!("{} is not empty: left in place", dir.display());
             return;
         }
         if let Err(e) = nix::mount::umount(dir)
