@@ -61,7 +61,11 @@ cat > "$W/net.d/10-keelson.conflist" <<EOF
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
 EOF
 
-"$BIN/keelsond" --listen "unix://$W/keelsond.sock" --root "$W/root" --state "$W/s" \
+# Each daemon in a session of its own: Ctrl-C at the terminal signals its whole foreground
+# process group, and the daemons must outlive the script's trap, which stops the node in order
+# (the kubelet, then the pods through keelsond, then keelsond). setsid execs in place here (a
+# background job is no process group leader), so $! is the daemon.
+setsid "$BIN/keelsond" --listen "unix://$W/keelsond.sock" --root "$W/root" --state "$W/s" \
   --cni-conf-dir "$W/net.d" --cni-bin-dir "$W/cni-bin" --cni-cache-dir "$W/cni-cache" \
   --registry-config-dir "$W/certs.d" 2>"$W/keelsond.log" &
 KEELSOND_PID=$!
@@ -78,7 +82,7 @@ cgroupRoot: keelson-example
 port: 10250
 healthzPort: 10248
 EOF
-"$BIN/kubelet" --config "$W/kubelet.yaml" --root-dir "$W/kubelet" \
+setsid "$BIN/kubelet" --config "$W/kubelet.yaml" --root-dir "$W/kubelet" \
   --container-runtime-endpoint "unix://$W/keelsond.sock" --hostname-override keelson-example \
   --cert-dir "$W/pki" --container-log-links-dir "$W/containers" \
   2>"$W/kubelet.log" &
