@@ -28,6 +28,37 @@ fn count(dir: &std::path::Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// A store under a temp dir with one two-layer image (`image(label)`) pulled from a local
+/// registry as `<registry>/kt/<label>:<label>`.
+struct Pulled {
+    _reg: Registry,
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    store: ImageStore,
+    name: String,
+}
+
+fn pulled(label: &str) -> Pulled {
+    let reg = Registry::start().unwrap();
+    let mut layout = Layout::new().unwrap();
+    layout.add_tagged(&image(label), label).unwrap();
+    let repo = format!("kt/{label}");
+    reg.push_layout(layout.path(), label, &repo, &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
+    let name = format!("{}/{repo}:{label}", reg.addr());
+    rt().block_on(store.pull(&name, &AuthConfig::default()))
+        .unwrap();
+    Pulled {
+        _reg: reg,
+        dir,
+        root,
+        store,
+        name,
+    }
+}
+
 #[test]
 fn remove_and_gc_respect_sharing_and_snapshots_in_use() {
     let reg = Registry::start().unwrap();
@@ -580,16 +611,13 @@ fn native_snapshotter_copies_the_merged_layers() {
 
 #[test]
 fn a_snapshot_mounted_at_a_target_leaves_its_record_alone() {
-    let reg = Registry::start().unwrap();
-    let mut layout = Layout::new().unwrap();
-    layout.add_tagged(&image("at"), "at").unwrap();
-    reg.push_layout(layout.path(), "at", "kt/at", &[]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
-    let name = format!("{}/kt/at:at", reg.addr());
-    rt().block_on(store.pull(&name, &AuthConfig::default()))
-        .unwrap();
+    let Pulled {
+        dir,
+        root,
+        store,
+        name,
+        _reg,
+    } = pulled("at");
     let mnt = MountDir::new().unwrap();
     store.prepare_snapshot("ctr-at", &name).unwrap();
     let record = root.join("snapshots/active/ctr-at/snapshot.json");
@@ -624,17 +652,13 @@ fn a_snapshot_mounted_at_a_target_leaves_its_record_alone() {
 /// What nothing else refers to goes with it, while a whole snapshot keeps its layers.
 #[test]
 fn a_snapshot_directory_without_its_record_is_garbage() {
-    let reg = Registry::start().unwrap();
-    let mut layout = Layout::new().unwrap();
-    layout.add_tagged(&image("rec"), "rec").unwrap();
-    reg.push_layout(layout.path(), "rec", "kt/rec", &[])
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
-    let name = format!("{}/kt/rec:rec", reg.addr());
-    rt().block_on(store.pull(&name, &AuthConfig::default()))
-        .unwrap();
+    let Pulled {
+        root,
+        store,
+        name,
+        dir: _dir,
+        _reg,
+    } = pulled("rec");
     let active = root.join("snapshots/active");
     for key in ["whole", "torn-a", "torn-b"] {
         store.prepare_snapshot(key, &name).unwrap();
@@ -686,17 +710,13 @@ fn a_snapshot_directory_without_its_record_is_garbage() {
 /// free again) while its tree waits for whoever deletes it; the GC deletes what is left.
 #[test]
 fn a_retired_snapshot_is_out_of_the_store_at_once() {
-    let reg = Registry::start().unwrap();
-    let mut layout = Layout::new().unwrap();
-    layout.add_tagged(&image("ret"), "ret").unwrap();
-    reg.push_layout(layout.path(), "ret", "kt/ret", &[])
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    let store = ImageStore::open(StoreConfig::new(&root)).unwrap();
-    let name = format!("{}/kt/ret:ret", reg.addr());
-    rt().block_on(store.pull(&name, &AuthConfig::default()))
-        .unwrap();
+    let Pulled {
+        root,
+        store,
+        name,
+        dir: _dir,
+        _reg,
+    } = pulled("ret");
     let mnt = MountDir::new().unwrap();
     store.prepare_snapshot("ret", &name).unwrap();
     store.mount_snapshot("ret", mnt.path()).unwrap();

@@ -187,8 +187,8 @@ impl Snapshotter {
     }
 
     /// Removes leftovers of interrupted unpacks, retired snapshots, and the directories of
-    /// `active/` without a record (interrupted prepares). Call with the store's exclusive lock held:
-    /// a prepare holds the shared one.
+    /// `active/` without a record (interrupted prepares). Call with the store's exclusive lock
+    /// held: a prepare holds the shared one.
     pub fn clean_tmp(&self) -> Result<()> {
         let dir = self.root.join("tmp");
         for e in fs::read_dir(&dir).map_err(io_err("read dir", &dir))? {
@@ -220,10 +220,11 @@ impl Snapshotter {
             }
         }
         // Built in place and published by its record: a directory of `active/` without
-        // `snapshot.json` is no snapshot (an interrupted prepare, collected by `clean_tmp`). No temporary tree renamed into place: a rename between directories
-        // takes the filesystem-wide rename lock, which overlay mounts take too, and with many
-        // containers starting they queued behind each other there. Nothing is fsynced: a new
-        // writable layer is empty, and the container it is for does not outlive a power loss.
+        // `snapshot.json` is no snapshot (an interrupted prepare, collected by `clean_tmp`).
+        // No temporary tree renamed into place: a rename between directories takes the
+        // filesystem-wide rename lock, which overlay mounts take too, and with many containers
+        // starting they queued behind each other there. Nothing is fsynced: a new writable
+        // layer is empty, and the container it is for does not outlive a power loss.
         let dir = self.active_dir(key);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -470,16 +471,17 @@ impl Snapshotter {
     }
 }
 
-/// Disk usage of a tree, as `du` counts it: the blocks of each inode (512-byte units, a hard
-/// linked file once) and the number of inodes, `root` included. Never follows symlinks nor
-/// leaves `root`'s filesystem. Entries removed while the walk runs (a container at work) are
-/// skipped.
+/// What a tree takes on disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Allocated bytes (512-byte blocks), a hard-linked file once.
     pub bytes: u64,
     pub inodes: u64,
 }
 
+/// Disk usage of a tree, as `du -sx` counts it: the blocks of each inode and the number of
+/// inodes, `root` included. Never follows symlinks nor leaves `root`'s filesystem. Entries
+/// removed while the walk runs (a container at work) are skipped.
 pub fn disk_usage(root: &Path) -> Result<Usage> {
     use std::os::unix::fs::MetadataExt;
     let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;

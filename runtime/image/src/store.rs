@@ -2,7 +2,6 @@
 //! over them (list, remove, garbage collection, committing a pulled or imported image).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -10,7 +9,7 @@ use serde::Serialize;
 use crate::auth::RegistryHosts;
 use crate::content::ContentStore;
 use crate::digest::{Digest, chain_ids};
-use crate::error::{Error, Result, io_err};
+use crate::error::{Error, Result};
 use crate::fsutil::{self, FileLock};
 use crate::meta::{ImageRecord, MetaStore};
 use crate::model::{self, Document, Platform};
@@ -412,22 +411,4 @@ impl ImageStore {
             Err(e) => tracing::warn!(error = %e, "cleanup after a failed operation"),
         }
     }
-}
-
-/// Bytes on disk under a directory (for `ls` and tests).
-pub fn disk_usage(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).map_err(io_err("read dir", &d))? {
-            let e = e.map_err(io_err("read dir", &d))?;
-            let m = e.metadata().map_err(io_err("stat", e.path()))?;
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += m.len();
-            }
-        }
-    }
-    Ok(total)
 }

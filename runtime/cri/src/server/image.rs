@@ -224,15 +224,15 @@ impl ImageService for Images {
         let d = self.d.clone();
         let fs = blocking(move || {
             let root = d.images.root().to_path_buf();
-            let used = keelson_image::store::disk_usage(&root).map_err(internal)?;
-            let inodes = count_inodes(&root);
+            // One walk for both figures, counted as containerd's snapshotter usage (du).
+            let u = keelson_image::snapshot::disk_usage(&root).map_err(internal)?;
             Ok(pb::FilesystemUsage {
                 timestamp: now_ns(),
                 fs_id: Some(pb::FilesystemIdentifier {
                     mountpoint: root.display().to_string(),
                 }),
-                used_bytes: Some(pb::UInt64Value { value: used }),
-                inodes_used: Some(pb::UInt64Value { value: inodes }),
+                used_bytes: Some(pb::UInt64Value { value: u.bytes }),
+                inodes_used: Some(pb::UInt64Value { value: u.inodes }),
             })
         })
         .await?;
@@ -241,20 +241,4 @@ impl ImageService for Images {
             container_filesystems: vec![fs],
         }))
     }
-}
-
-fn count_inodes(root: &std::path::Path) -> u64 {
-    let mut n = 0u64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(rd) = std::fs::read_dir(&d) {
-            for e in rd.flatten() {
-                n += 1;
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
-    n
 }

@@ -71,6 +71,7 @@ pub struct Daemon {
     pub streams: crate::streaming::Streams,
     /// The previous CPU sample of each container and pod (for `usage_nano_cores`).
     pub cpu_samples: stats::CpuSamples,
+    /// The last walk of each container's writable layer (ContainerStats.writable_layer).
     pub layer_usage: stats::LayerUsage,
     /// Deletes retired snapshot trees in the background.
     pub trash: trash::Trash,
